@@ -1,0 +1,100 @@
+"""Shared fixtures: tiny models built offline from configs, and the real embedded model (slow).
+
+Tiny models have random weights from a fixed seed: tests on them check properties (equalities,
+hooks removed, shapes), never golden numbers.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+TINY_VOCAB = 128
+
+
+def _tiny_tokenizer(tmp_dir):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    vocab.update({chr(97 + i): 3 + i for i in range(26)})
+    vocab.update({f"w{i}": i for i in range(29, TINY_VOCAB)})
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="</s>", unk_token="<unk>")
+    # Saved and reloaded so that it has a name_or_path (TransformerLens's bridge needs one).
+    tok.save_pretrained(tmp_dir)
+    return AutoTokenizer.from_pretrained(tmp_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tmp_path_factory):
+    return _tiny_tokenizer(tmp_path_factory.mktemp("tiny_tok"))
+
+
+def make_tiny(family: str = "llama", n_layers: int = 3, d: int = 64, seed: int = 0):
+    """A tiny random causal LM of ``family`` (llama, gpt2, gpt_neox, qwen2, gemma2, mistral)."""
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    common = dict(vocab_size=TINY_VOCAB, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    if family == "gpt2":
+        cfg = tf.GPT2Config(n_embd=d, n_layer=n_layers, n_head=4, n_positions=64, **common)
+        model = tf.GPT2LMHeadModel(cfg)
+    elif family == "gpt_neox":
+        cfg = tf.GPTNeoXConfig(hidden_size=d, num_hidden_layers=n_layers, num_attention_heads=4, intermediate_size=2 * d,
+                               max_position_embeddings=64, **common)
+        model = tf.GPTNeoXForCausalLM(cfg)
+    else:
+        cls = {"llama": (tf.LlamaConfig, tf.LlamaForCausalLM), "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM),
+               "mistral": (tf.MistralConfig, tf.MistralForCausalLM), "gemma2": (tf.Gemma2Config, tf.Gemma2ForCausalLM)}[family]
+        extra = {"head_dim": d // 4} if family == "gemma2" else {}
+        cfg = cls[0](hidden_size=d, intermediate_size=2 * d, num_hidden_layers=n_layers, num_attention_heads=4,
+                     num_key_value_heads=2, max_position_embeddings=64, **extra, **common)
+        model = cls[1](cfg)
+    return model.eval().requires_grad_(False)
+
+
+@pytest.fixture
+def tiny_llama():
+    return make_tiny("llama")
+
+
+@pytest.fixture
+def tiny_hf(tiny_tokenizer):
+    """HFAdapter over a 3-layer d=64 llama."""
+    from sae_hooks import HFAdapter
+
+    return HFAdapter(make_tiny("llama"), tiny_tokenizer, "tiny-llama")
+
+
+@pytest.fixture
+def tiny_bridge(tiny_tokenizer):
+    """TLAdapter over a TransformerBridge booted (offline) around a 3-layer d=64 llama."""
+    tl = pytest.importorskip("transformer_lens")
+    try:
+        from transformer_lens.model_bridge import TransformerBridge
+    except ImportError:
+        pytest.skip(f"TransformerLens {tl.__version__} has no TransformerBridge")
+    from sae_hooks import TLAdapter
+
+    bridge = TransformerBridge.boot_transformers("tiny-llama", hf_model=make_tiny("llama"), tokenizer=tiny_tokenizer, device="cpu")
+    return TLAdapter(bridge, tiny_tokenizer, "tiny-llama")
+
+
+@pytest.fixture
+def tiny_ids():
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(3, TINY_VOCAB, (2, 12), generator=g)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real embedded model (HF backend, fp32). Converts on first use (~20 s), then ~0.2 s."""
+    from sae_hooks import load_model
+
+    return load_model()
