@@ -9,6 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+pytestmark = pytest.mark.tl3
+
 tl = pytest.importorskip("transformer_lens")
 HookedTransformer = getattr(tl, "HookedTransformer", None)
 if HookedTransformer is None:
