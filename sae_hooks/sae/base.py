@@ -1,0 +1,331 @@
+"""The SAE base class: config, named outputs, input checks, shared weights and helpers.
+
+Every architecture is one subclass that owns its `encode`, `decode` and `training_loss`
+(STYLE habit 3). Tensor names and shapes follow the SAELens v6 layout so that saving and
+loading is a plain copy: `W_enc` [d_in, d_sae], `b_enc` [d_sae], `W_dec` [d_sae, d_in],
+`b_dec` [d_in].
+
+    sae = make_sae("topk", d_in=576, d_sae=4608, k=32)
+    z = sae.encode(x); x_hat = sae.decode(z)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor, nn
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+@dataclass(frozen=True)
+class SAEConfig:
+    """Fields every SAE has. Architectures subclass this and add their own fields."""
+
+    architecture: ClassVar[str] = "base"
+
+    d_in: int
+    """Width of the activations the SAE reads (e.g. the model's d_model)."""
+
+    d_sae: int
+    """Number of latents (dictionary atoms)."""
+
+    dtype: str = "float32"
+    """Parameter dtype: one of float32, float64, float16, bfloat16."""
+
+    apply_b_dec_to_input: bool = True
+    """Subtract b_dec from the input before encoding (SAELens's default and ours)."""
+
+    def __post_init__(self) -> None:
+        for name in ("d_in", "d_sae"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int; got {value!r}.")
+        if self.dtype not in DTYPES:
+            raise ValueError(
+                f"dtype must be one of {sorted(DTYPES)}; got {self.dtype!r}."
+            )
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["architecture"] = self.architecture
+        return out
+
+
+class SAEOutput(NamedTuple):
+    """What `sae(x)` returns."""
+
+    x_hat: Tensor
+    """Reconstruction, same shape as the input."""
+    z: Tensor
+    """Dense codes [..., d_sae]."""
+
+
+class TrainLoss(NamedTuple):
+    """What `sae.training_loss(x, dead_mask)` returns."""
+
+    loss: Tensor
+    """Scalar to backpropagate."""
+    parts: dict[str, Tensor]
+    """Named detached components (mse, l1, l0, auxk, mse_w512, ...)."""
+    x_hat: Tensor
+    """Reconstruction [B, d_in] of the full SAE (detached)."""
+    fired: Tensor
+    """Bool [d_sae]: latents that were non-zero on at least one token of the batch."""
+    l0: Tensor
+    """Mean number of non-zero latents per token (detached scalar)."""
+
+
+def check_input(x: Tensor, d_in: int, what: str = "x") -> None:
+    """Raise a ValueError for a wrong last dimension or any NaN/inf in `x`.
+
+    One `isfinite().all()` reduction on the happy path, so training pays almost nothing.
+
+        check_input(x, sae.cfg.d_in)
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor; got {type(x).__name__}.")
+    if x.ndim == 0 or x.shape[-1] != d_in:
+        raise ValueError(
+            f"{what} must have shape [..., {d_in}] (last dim = d_in); got {tuple(x.shape)}."
+        )
+    if not x.is_floating_point():
+        raise ValueError(f"{what} must be a floating tensor; got dtype {x.dtype}.")
+    if not bool(torch.isfinite(x).all()):
+        bad = ~torch.isfinite(x.detach())
+        n_bad = int(bad.sum())
+        rows = bad.reshape(-1, d_in).any(-1).nonzero().flatten()
+        first = rows[:5].tolist()
+        n_nan = int(torch.isnan(x.detach()).sum())
+        raise ValueError(
+            f"{what} contains {n_bad} non-finite values ({n_nan} NaN, {n_bad - n_nan} inf) "
+            f"in {rows.numel()} of {x.numel() // d_in} rows (flattened row indices, first "
+            f"few: {first}). Drop or clean those rows (e.g. exclude the attention-sink "
+            f"position 0, or check the capture dtype) before passing them to the SAE."
+        )
+
+
+def mse_per_token(x_hat: Tensor, x: Tensor) -> Tensor:
+    """Squared error summed over d_in, averaged over tokens (the loss every SAE here uses)."""
+    return (x_hat - x).pow(2).sum(-1).mean()
+
+
+def geometric_median(points: Float[Tensor, "N d"], iters: int = 30) -> Float[Tensor, " d"]:
+    """Weiszfeld iterations; robust to the outlier tokens the DESIGN notes warn about.
+
+        b = geometric_median(x_sample)
+    """
+    y = points.mean(0)
+    for _ in range(iters):
+        w = 1.0 / (points - y).norm(dim=-1).clamp_min(1e-8)
+        y_new = (w[:, None] * points).sum(0) / w.sum()
+        if torch.allclose(y_new, y, rtol=1e-6, atol=1e-8):
+            return y_new
+        y = y_new
+    return y
+
+
+class SAE(nn.Module):
+    """Base class: parameters, input handling, save/prune helpers.
+
+    Subclasses set `architecture` and `config_class`, and implement `encode`,
+    `decode` and `training_loss`. Evaluation code only needs `encode`/`decode`/`forward`.
+
+        sae = make_sae("standard", d_in=64, d_sae=256)
+        x_hat, z = sae(x)
+    """
+
+    architecture: ClassVar[str] = "base"
+    config_class: ClassVar[type[SAEConfig]] = SAEConfig
+    tied: ClassVar[bool] = False
+    """Tied SAEs (matching pursuit) have no W_enc / b_enc."""
+
+    def __init__(self, cfg: SAEConfig, metadata: dict[str, Any] | None = None):
+        super().__init__()
+        if not isinstance(cfg, self.config_class):
+            raise TypeError(
+                f"{type(self).__name__} needs a {self.config_class.__name__}; "
+                f"got {type(cfg).__name__}."
+            )
+        self.cfg = cfg
+        self.metadata: dict[str, Any] = dict(metadata or {})
+        dt = cfg.torch_dtype
+        if not self.tied:
+            self.W_enc = nn.Parameter(torch.zeros(cfg.d_in, cfg.d_sae, dtype=dt))
+            self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae, dtype=dt))
+        self.W_dec = nn.Parameter(torch.zeros(cfg.d_sae, cfg.d_in, dtype=dt))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in, dtype=dt))
+
+    # ---- initialisation -------------------------------------------------------------
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Unit-norm random decoder rows, encoder = decoder transpose, zero biases.
+
+            sae.reset_parameters(torch.Generator().manual_seed(0))
+        """
+        w = torch.randn(
+            self.cfg.d_sae, self.cfg.d_in, generator=generator, dtype=torch.float32
+        )
+        w /= w.norm(dim=-1, keepdim=True)
+        self.W_dec.copy_(w)
+        self.b_dec.zero_()
+        if not self.tied:
+            self.W_enc.copy_(w.T)
+            self.b_enc.zero_()
+
+    @torch.no_grad()
+    def init_from_data(
+        self, x_sample: Float[Tensor, "N d_in"], method: str = "geometric_median"
+    ) -> None:
+        """Set b_dec from a sample of training activations before training starts.
+
+            sae.init_from_data(first_batch)              # geometric median
+            sae.init_from_data(first_batch, method="mean")
+        """
+        check_input(x_sample, self.cfg.d_in, "x_sample")
+        pts = x_sample.reshape(-1, self.cfg.d_in).float()
+        if method == "geometric_median":
+            b = geometric_median(pts)
+        elif method == "mean":
+            b = pts.mean(0)
+        else:
+            raise ValueError(
+                f"method must be 'geometric_median' or 'mean'; got {method!r}."
+            )
+        self.b_dec.copy_(b.to(self.b_dec.dtype))
+
+    # ---- the shared math ------------------------------------------------------------
+
+    def _sae_in(self, x: Tensor) -> Tensor:
+        check_input(x, self.cfg.d_in)
+        x = x.to(self.W_dec.dtype)
+        return x - self.b_dec if self.cfg.apply_b_dec_to_input else x
+
+    def _pre(self, x: Tensor) -> Tensor:
+        """Encoder pre-activations [..., d_sae]."""
+        return self._sae_in(x) @ self.W_enc + self.b_enc
+
+    def encode(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_sae"]:
+        raise NotImplementedError
+
+    def decode(self, z: Float[Tensor, "... d_sae"]) -> Float[Tensor, "... d_in"]:
+        """x_hat = z W_dec + b_dec.
+
+            x_hat = sae.decode(sae.encode(x))
+        """
+        if z.shape[-1] != self.cfg.d_sae:
+            raise ValueError(
+                f"z must have shape [..., {self.cfg.d_sae}] (d_sae); got {tuple(z.shape)}."
+            )
+        return z.to(self.W_dec.dtype) @ self.W_dec + self.b_dec
+
+    def forward(self, x: Float[Tensor, "... d_in"]) -> SAEOutput:
+        z = self.encode(x)
+        return SAEOutput(self.decode(z), z)
+
+    def training_loss(
+        self, x: Float[Tensor, "B d_in"], dead_mask: Bool[Tensor, " d_sae"] | None = None
+    ) -> TrainLoss:
+        raise NotImplementedError
+
+    def after_step(self) -> None:
+        """Called by the trainer after `opt.step()`; decoder renorm etc. No-op here."""
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        """Rescale decoder rows to unit norm (TopK family, MP)."""
+        self.W_dec.div_(self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+
+    # ---- folding, pruning, saving ----------------------------------------------------
+
+    @torch.no_grad()
+    def fold_input_scale(self, scale: float) -> None:
+        """Make an SAE trained on `x * scale` work on raw `x` (call once, before saving).
+
+        The trainer may normalise activations by a scalar (e.g. so E‖x‖² = d_in). With
+        apply_b_dec_to_input the encoder sees (s·x − b) W = (x − b/s)(s·W), and the
+        reconstruction in raw units is (z W_dec + b_dec)/s; so W_enc ← s·W_enc,
+        W_dec ← W_dec/s, b_dec ← b_dec/s leave the codes unchanged (the same holds
+        without apply_b_dec_to_input). Matching pursuit overrides this.
+
+            sae.fold_input_scale(trainer.input_scale); sae.save(path)
+        """
+        s = float(scale)
+        if not (s > 0 and s != float("inf")):
+            raise ValueError(f"scale must be a finite positive number; got {scale!r}.")
+        self.W_enc.mul_(s)
+        self.W_dec.div_(s)
+        self.b_dec.div_(s)
+
+    def _arch_kwargs_for_pruned(self, m: int) -> dict[str, Any]:
+        return {}
+
+    @torch.no_grad()
+    def pruned(self, indices: Int[Tensor, " m"] | list[int]) -> "SAE":
+        """A new SAE of the same class keeping only the given latents, in that order.
+
+            top = importance.argsort(descending=True)[:512]
+            small = sae.pruned(top)
+        """
+        idx = torch.as_tensor(indices, dtype=torch.long).flatten()
+        if idx.numel() == 0:
+            raise ValueError("pruned() needs at least one latent index; got none.")
+        if int(idx.min()) < 0 or int(idx.max()) >= self.cfg.d_sae:
+            raise ValueError(
+                f"latent indices must lie in [0, {self.cfg.d_sae}); got range "
+                f"[{int(idx.min())}, {int(idx.max())}]."
+            )
+        if idx.unique().numel() != idx.numel():
+            raise ValueError("pruned() latent indices must be distinct.")
+        m = idx.numel()
+        cfg = dataclasses.replace(self.cfg, d_sae=m, **self._arch_kwargs_for_pruned(m))
+        new = type(self)(cfg, metadata=dict(self.metadata))
+        new.W_dec.copy_(self.W_dec[idx])
+        new.b_dec.copy_(self.b_dec)
+        if not self.tied:
+            new.W_enc.copy_(self.W_enc[:, idx])
+            new.b_enc.copy_(self.b_enc[idx])
+        self._copy_extra_pruned(new, idx)
+        return new
+
+    def _copy_extra_pruned(self, new: "SAE", idx: Tensor) -> None:
+        pass
+
+    def save(self, path: str, metadata: dict[str, Any] | None = None) -> None:
+        """Write the SAELens v6 layout (cfg.json + sae_weights.safetensors), atomically.
+
+            sae.save("runs/l6_topk", metadata={"hook_name": "blocks.6.hook_resid_post"})
+        """
+        from .formats import save_saelens
+
+        save_saelens(self, path, metadata=metadata)
+
+    # ---- hooks for formats.py --------------------------------------------------------
+
+    def saelens_view(self) -> tuple[dict[str, Any], dict[str, Tensor]]:
+        """(SAELens cfg fields, tensors) for inference-equivalent loading by sae_lens."""
+        raise NotImplementedError
+
+    def extra_state(self) -> dict[str, Any]:
+        """JSON-able state that is not a SAELens tensor (kept under metadata.sae_hooks)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.cfg.to_dict().items())
