@@ -9,8 +9,9 @@ stream. That makes a position cheap to save (one integer) and every rank agree o
 Sources (``CorpusConfig.source``):
 
 - ``"stdlib"`` (default, offline): the running interpreter's standard library — its ``.py``
-  sources without test directories (~12 M characters, 3.11) and the English documentation in
-  ``pydoc_data.topics`` (~0.5 M characters). One document per file / per topic. Sorted by id.
+  sources without test directories, the machine-generated codec tables of ``encodings/`` and the
+  build-config ``_sysconfigdata_*`` (~10.6 M characters on 3.11), and the English documentation in
+  ``pydoc_data.topics`` (~0.5 M characters). One document per file / per topic, sorted by id.
 - local ``.txt`` / ``.jsonl`` / ``.json`` / ``.parquet`` files, directories or globs of them,
   read through ``datasets`` (a ``.txt`` file yields one document per paragraph by default).
 - any other string: a HuggingFace dataset name, streamed with
@@ -67,6 +68,11 @@ FILE_BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": 
 # lib2to3/tests, ...) are machine-like fixtures, and site-packages is not the standard library.
 STDLIB_EXCLUDED_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"})
 STDLIB_TOPICS_PREFIX = "pydoc_data.topics:"
+# pydoc_data/topics.py is the topics dict itself: kept as a .py document it would duplicate every
+# topic document, across the train/eval split. _sysconfigdata_*.py is the interpreter's build
+# configuration, written by a machine.
+STDLIB_EXCLUDED_FILES = frozenset({"pydoc_data/topics.py"})
+STDLIB_EXCLUDED_PREFIXES = ("_sysconfigdata_",)
 
 
 class CorpusError(ValueError):
@@ -261,10 +267,23 @@ def _stdlib_doc_ids() -> list[str]:
         dirnames[:] = sorted(d for d in dirnames if d not in STDLIB_EXCLUDED_DIRS)
         rel_dir = os.path.relpath(dirpath, root)
         for name in filenames:
-            if name.endswith(".py"):
-                ids.append(os.path.normpath(os.path.join(rel_dir, name)).replace(os.sep, "/"))
+            rel = os.path.normpath(os.path.join(rel_dir, name)).replace(os.sep, "/")
+            if name.endswith(".py") and rel not in STDLIB_EXCLUDED_FILES \
+                    and not name.startswith(STDLIB_EXCLUDED_PREFIXES) \
+                    and not _is_generated_codec(os.path.join(dirpath, name), rel):
+                ids.append(rel)
     ids.extend(STDLIB_TOPICS_PREFIX + key for key in _pydoc_topics())
     return sorted(ids)
+
+
+def _is_generated_codec(path: str, rel: str) -> bool:
+    """encodings/cp1252.py & co.: charmap codecs, mostly 256-entry tables written by gencodec.py
+    (~1.4 M characters of \\uXXXX escapes), not human-written text."""
+    if not rel.startswith("encodings/"):
+        return False
+    with open(path, encoding="utf-8", errors="replace") as f:
+        text = f.read()
+    return "decoding_table = (" in text or "decoding_map = codecs.make_identity_dict" in text
 
 
 def _pydoc_topics() -> dict[str, str]:
@@ -419,7 +438,7 @@ def _pick_column(row: dict, cfg: CorpusConfig, where: str) -> tuple[str, bool]:
 def iter_documents(cfg: CorpusConfig, epoch: int = 0) -> Iterator[str | list[int]]:
     """Documents of ``cfg.split`` in stream order: strings, or lists of ids for pre-tokenized rows.
 
-        eval_docs = list(iter_documents(CorpusConfig(split="eval")))  # 26 stdlib files and topics (3.11)
+        eval_docs = list(iter_documents(CorpusConfig(split="eval")))  # 22 stdlib files and topics (3.11)
         n_chars = sum(map(len, eval_docs))
     """
     if _resolve_kind(cfg) == "stdlib":
@@ -527,11 +546,13 @@ def _pack(tokenizer: Any, cfg: CorpusConfig, texts: list[str], buffer: list[int]
         buffer.extend(ids)
         if not before:
             buffer.append(sep)
-        while len(buffer) >= body:
-            row = buffer[:body] if bos is None else [bos] + buffer[:body]
-            del buffer[:body]
+        start = 0
+        while len(buffer) - start >= body:
+            row = buffer[start: start + body] if bos is None else [bos] + buffer[start: start + body]
+            start += body
             stats.sequences += 1
             yield torch.tensor(row, dtype=torch.long)
+        del buffer[:start]  # once per document: deleting per row would shift a long buffer each time
 
 
 def _check_row(ids: list[int], cfg: CorpusConfig, bos: int | None, stats: _StreamStats) -> Tensor:
@@ -668,7 +689,7 @@ def describe_corpus(source: str = "stdlib") -> dict[str, Any]:
     """A short description of a corpus source, without tokenizing or downloading anything.
 
         describe_corpus("stdlib")
-        # {'kind': 'stdlib', 'root': '/usr/lib/python3.11', 'files': 734, 'topics': 79, 'documents': 813, 'approx_characters': 12583611}
+        # {'kind': 'stdlib', 'root': '/usr/lib/python3.11', 'files': 662, 'topics': 79, 'documents': 741, 'approx_characters': 10483010}
     """
     kind = _resolve_kind(CorpusConfig(source=source))
     if kind == "stdlib":

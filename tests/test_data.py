@@ -322,6 +322,13 @@ def test_stdlib_documents_lazily_and_split(tok):
     batches = list(iter_batches(counting, CorpusConfig(ctx=32, docs_per_chunk=8), 4, max_tokens=32 * 40))
     assert sum(b.input_ids.shape[0] for b in batches) == 40
     assert 0 < counting.chars < 1_000_000  # the stdlib holds ~12 M characters
+    from sae_hooks.data import _stdlib_doc_ids
+
+    ids = _stdlib_doc_ids()
+    assert ids == sorted(ids) and "os.py" in ids and "pydoc_data.topics:context-managers" in ids
+    assert not [i for i in ids if {"test", "tests", "idle_test", "site-packages"} & set(i.split("/")[:-1])]
+    assert "pydoc_data/topics.py" not in ids  # would duplicate every topic document across the split
+    assert "encodings/cp1252.py" not in ids and "encodings/utf_8.py" in ids  # generated tables out
     desc = describe_corpus("stdlib")
     assert desc["kind"] == "stdlib" and desc["approx_characters"] > 1_000_000 and desc["topics"] > 0
 
