@@ -1,0 +1,248 @@
+"""Steering: exactness of edits, positions during generation, cleanup, clear errors — HF and TL."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sae_hooks.sae import make_sae
+from sae_hooks.steer import Edit, apply_edits, generate, side_effects, steer
+
+HOOK = "resid_post.1"
+
+
+@pytest.fixture(params=["hf", "tl"])
+def adapter(request, tiny_hf):
+    return tiny_hf if request.param == "hf" else request.getfixturevalue("tiny_bridge")
+
+
+@pytest.fixture
+def sae():
+    s = make_sae("topk", d_in=64, d_sae=128, k=8, seed=0)
+    return s.eval().requires_grad_(False)
+
+
+def _acts(adapter, ids):
+    return adapter.capture(ids, [HOOK])[HOOK]
+
+
+# ---- parsing and validation ------------------------------------------------------------------
+
+def test_parse_forms():
+    assert Edit.parse("123:add:8") == Edit(123, "add", 8.0)
+    assert Edit.parse(" 4:CLAMP:-2.5 ") == Edit(4, "clamp", -2.5)
+    assert Edit.parse("5:ablate") == Edit(5, "ablate", 0.0)
+    assert Edit.parse("5:ablate:0") == Edit(5, "ablate", 0.0)
+    assert str(Edit.parse("9:scale:0.5")) == "9:scale:0.5"
+
+
+@pytest.mark.parametrize("text, words", [
+    ("1:push:3", "unknown kind 'push'"),
+    ("1:add:lots", "not a number"),
+    ("1:add:nan", "finite"),
+    ("x:add:1", "not an integer"),
+    ("1:add", "needs a value"),
+    ("1:ablate:3", "takes no value"),
+    ("-1:add:1", ">= 0"),
+    ("1", "LATENT:KIND:VALUE"),
+])
+def test_parse_errors_are_clear(text, words):
+    with pytest.raises(ValueError, match=words):
+        Edit.parse(text)
+
+
+def test_latent_out_of_range_and_width_checked_before_hooks(tiny_hf, sae, tiny_ids):
+    clean = tiny_hf.forward(tiny_ids)
+    with pytest.raises(ValueError, match=r"latent 128 is out of range; this SAE has 128 latents \(0..127\)"):
+        with steer(tiny_hf, {HOOK: (sae, ["128:add:1"])}):
+            pass
+    wide = make_sae("topk", d_in=32, d_sae=16, k=2, seed=0)
+    with pytest.raises(ValueError, match="d_in=32"):
+        with steer(tiny_hf, {HOOK: (wide, ["1:add:1"])}):
+            pass
+    with pytest.raises(ValueError, match="positions='middle'"):
+        with steer(tiny_hf, {HOOK: (sae, [])}, positions="middle"):
+            pass
+    assert torch.equal(tiny_hf.forward(tiny_ids), clean)  # nothing was left attached
+
+
+# ---- exactness ---------------------------------------------------------------------------------
+
+def test_no_edit_is_bitwise_identical(adapter, sae, tiny_ids):
+    clean = adapter.forward(tiny_ids)
+    for edits in ([], ["3:scale:1"], ["3:add:0"]):
+        with steer(adapter, {HOOK: (sae, edits), "resid_post.0": (sae, edits)}):
+            assert torch.equal(adapter.forward(tiny_ids), clean), edits
+
+
+def test_add_equals_adding_decoder_direction(adapter, sae, tiny_ids):
+    f, v = 17, 6.0
+    d = sae.W_dec[f].detach()
+
+    def manual(x):
+        out = x.clone()
+        out[:, 1:] += v * d  # position 0 (the sink) is left alone by default
+        return out
+
+    expected = adapter.forward(tiny_ids, hooks={HOOK: manual})
+    with steer(adapter, {HOOK: (sae, [f"{f}:add:{v}"])}):
+        got = adapter.forward(tiny_ids)
+    assert not torch.allclose(expected, adapter.forward(tiny_ids), atol=1e-3)  # the edit does something
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_clamp_zero_with_error_removes_latent_contribution(adapter, sae, tiny_ids):
+    x = _acts(adapter, tiny_ids)
+    z = sae.encode(x)
+    f = int((z[:, 1:] != 0).sum((0, 1)).argmax())  # a latent that fires somewhere
+    assert bool((z[:, 1:, f] != 0).any())
+
+    def manual(a):
+        out = a.clone()
+        out[:, 1:] -= z[:, 1:, f, None] * sae.W_dec[f]
+        return out
+
+    expected = adapter.forward(tiny_ids, hooks={HOOK: manual})
+    with steer(adapter, {HOOK: (sae, [f"{f}:clamp:0"])}):
+        got = adapter.forward(tiny_ids)
+    with steer(adapter, {HOOK: (sae, [f"{f}:ablate"])}):
+        ablated = adapter.forward(tiny_ids)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    assert torch.equal(got, ablated)
+
+
+def test_apply_edits_kinds_in_order():
+    z = torch.tensor([[1.0, 2.0, 3.0]])
+    out = apply_edits(z, [Edit(0, "add", 1), Edit(1, "scale", 3), Edit(2, "clamp", -1), Edit(0, "scale", 2)])
+    assert out.tolist() == [[4.0, 6.0, -1.0]]
+    assert apply_edits(z, [Edit(1, "ablate")]).tolist() == [[1.0, 0.0, 3.0]]
+    assert z.tolist() == [[1.0, 2.0, 3.0]]
+
+
+def test_keep_error_false_replaces_by_reconstruction(tiny_hf, sae, tiny_ids):
+    x = _acts(tiny_hf, tiny_ids)
+    x_hat = sae.decode(sae.encode(x))
+
+    def manual(a):
+        out = a.clone()
+        out[:, 1:] = x_hat[:, 1:]
+        return out
+
+    expected = tiny_hf.forward(tiny_ids, hooks={HOOK: manual})
+    with steer(tiny_hf, {HOOK: (sae, [])}, keep_error=False):
+        got = tiny_hf.forward(tiny_ids)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+# ---- generation and positions ----------------------------------------------------------------
+
+def _manual_greedy(adapter, prompt, n, hook_fn):
+    """Greedy decoding by full uncached forwards, with a hook that knows the absolute positions."""
+    ids = prompt.clone()
+    for _ in range(n):
+        logits = adapter.forward(ids, hooks={HOOK: hook_fn(ids.shape[1])})
+        ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], 1)
+    return ids[:, prompt.shape[1]:]
+
+
+@pytest.mark.parametrize("positions", ["all", "prompt", "generated"])
+def test_generation_positions_match_uncached_reference(adapter, sae, positions):
+    prompt = torch.tensor([[5, 9, 13, 40, 41, 77]])
+    P, n, f, v = prompt.shape[1], 6, 3, 25.0
+    d = sae.W_dec[f].detach()
+
+    def hook_fn(t):
+        def fn(x):
+            pos = torch.arange(t)
+            sel = pos >= 1
+            if positions == "prompt":
+                sel &= pos < P
+            elif positions == "generated":
+                sel &= pos >= P
+            return x + v * d * sel[None, :, None]
+        return fn
+
+    expected = _manual_greedy(adapter, prompt, n, hook_fn)
+    base = generate(adapter, prompt, n, stop_at_eos=False).new_ids
+    with steer(adapter, {HOOK: (sae, [f"{f}:add:{v}"])}, positions=positions) as s:
+        got = generate(adapter, prompt, n, stop_at_eos=False)
+    assert torch.equal(got.new_ids.cpu(), expected.cpu())
+    if positions != "generated":
+        assert not torch.equal(got.new_ids, base)  # the edit changed what was generated
+    seen = s.edited_positions[HOOK]
+    if positions == "prompt":
+        assert seen[0] == list(range(1, P)) and all(p == [] for p in seen[1:])
+    elif positions == "generated":
+        assert seen[0] == [] and [p[0] for p in seen[1:]] == list(range(P, P + len(seen) - 1))
+
+
+def test_uncached_generation_with_prompt_len(tiny_hf, sae):
+    prompt = torch.tensor([[5, 9, 13, 40, 41, 77]])
+    with steer(tiny_hf, {HOOK: (sae, ["3:add:25"])}, positions="generated") as s:
+        cached = generate(tiny_hf, prompt, 5, stop_at_eos=False).new_ids
+    with steer(tiny_hf, {HOOK: (sae, ["3:add:25"])}, positions="generated", prompt_len=prompt.shape[1]):
+        uncached = generate(tiny_hf, prompt, 5, stop_at_eos=False, use_cache=False).new_ids
+    assert torch.equal(cached, uncached)
+    assert s.edited_positions[HOOK][1] == [6]
+
+
+def test_sampling_is_seeded_and_leaves_global_rng(adapter, tiny_ids):
+    prompt = tiny_ids[:1, :4]
+    state = torch.random.get_rng_state()
+    a = generate(adapter, prompt, 8, sample=True, seed=3, stop_at_eos=False).new_ids
+    b = generate(adapter, prompt, 8, sample=True, seed=3, stop_at_eos=False).new_ids
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert torch.equal(a, b)
+    others = [generate(adapter, prompt, 8, sample=True, seed=s, stop_at_eos=False).new_ids for s in (4, 5, 6)]
+    assert any(not torch.equal(a, o) for o in others)
+
+
+def test_hooks_removed_when_generation_raises(adapter, sae, tiny_ids):
+    prompt = tiny_ids[:1, :5]
+    clean = adapter.forward(tiny_ids)
+    clean_gen = generate(adapter, prompt, 4, stop_at_eos=False).new_ids
+
+    class Boom(RuntimeError):
+        pass
+
+    calls = {"n": 0}
+    real_encode = sae.encode
+
+    def exploding(x, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:  # in the middle of generation, after the prompt and one step
+            raise Boom
+        return real_encode(x, **kw)
+
+    sae.encode = exploding
+    with pytest.raises(Boom):
+        with steer(adapter, {HOOK: (sae, ["3:add:25"])}):
+            generate(adapter, prompt, 4, stop_at_eos=False)
+    assert calls["n"] == 3
+    assert torch.equal(adapter.forward(tiny_ids), clean)
+    assert torch.equal(generate(adapter, prompt, 4, stop_at_eos=False).new_ids, clean_gen)
+    hooked = [m for m in adapter.model.modules() if m._forward_hooks or m._forward_pre_hooks]
+    assert hooked == [] or adapter.backend == "tl" and all(
+        not any("steer" in getattr(h, "__qualname__", "") for h in m._forward_hooks.values()) for m in hooked)
+
+
+def test_generate_rejects_bad_input(tiny_hf):
+    with pytest.raises(ValueError, match="empty"):
+        generate(tiny_hf, torch.zeros(1, 0, dtype=torch.long), 3)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate(tiny_hf, torch.tensor([[4, 5]]), 0)
+    with pytest.raises(ValueError, match="exceeds"):
+        generate(tiny_hf, torch.tensor([[4, 5]]), 100)
+
+
+# ---- side effects ------------------------------------------------------------------------------
+
+def test_side_effects_zero_without_edit_and_positive_with(adapter, sae, tiny_ids):
+    none = side_effects(adapter, {HOOK: (sae, [])}, tiny_ids)
+    assert none.delta_ce == 0.0 and none.kl == 0.0 and none.tokens > 0
+    fx = side_effects(adapter, {HOOK: (sae, ["3:add:20", "5:clamp:7"])}, tiny_ids)
+    assert fx.kl > 0 and fx.delta_ce != 0
+    add, clamp = fx.latent_change
+    assert add.edit == "3:add:20" and abs(add.target - (add.clean + 20)) < 1e-4
+    assert abs(clamp.target - 7) < 1e-5
+    assert add.moved and add.reencoded > add.clean + 5
