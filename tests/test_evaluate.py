@@ -1,0 +1,215 @@
+"""Evaluation: exact anchors (identity, keep_error, zero SAE), the shared-prefix path equal to plain
+forwards, HF vs TransformerLens, several SAEs at once, every architecture, metadata and width
+checks, and the report's JSON form. Plus one slow end-to-end run on the real SmolLM2."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from sae_hooks.data import TokenBatch, make_mask
+from sae_hooks.evaluate import MetadataMismatchWarning, evaluate, evaluate_many, inference_view
+from sae_hooks.sae import make_sae
+
+from .test_splice import identity_sae, random_sae, zero_sae
+
+KEYS = ("ce_clean", "ce_spliced", "ce_zero_ablated", "ce_mean_ablated", "recaptured_zero", "recaptured_mean",
+        "delta_ce", "kl", "fvu", "l0", "tokens")
+
+
+@pytest.fixture
+def tokens(tiny_tokenizer):
+    ids = torch.randint(3, 128, (10, 16), generator=torch.Generator().manual_seed(3))
+    ids[2, 5] = 2  # a special token: excluded like position 0
+    return TokenBatch(ids, make_mask(ids, tiny_tokenizer))
+
+
+def test_identity_sae_gives_zero_delta_ce_exactly(tiny_hf, tokens):
+    r = evaluate(tiny_hf, identity_sae(), tokens, hook="resid_post.1", batch_size=4)
+    assert r.delta_ce == 0.0 and r.ce_spliced == r.ce_clean
+    assert r.kl == 0.0 and r.fvu == 0.0 and r.recaptured_zero == 1.0 and r.recaptured_mean == 1.0
+    assert r.tokens == int(tokens.mask[:, :-1].sum()) and r.act_tokens == int(tokens.mask.sum())
+    assert torch.equal(r.loss_delta[tokens.mask[:, :-1]], torch.zeros(r.tokens))
+    assert r.loss_delta[:, 0].isnan().all()  # position 0 is not evaluated
+
+
+def test_keep_error_spliced_equals_clean(tiny_hf, tokens):
+    r = evaluate(tiny_hf, random_sae(), tokens, hook="resid_post.1", keep_error=True)
+    assert r.ce_spliced == r.ce_clean and r.kl == 0.0
+    assert r.fvu > 0  # reconstruction metrics still describe the SAE itself
+
+
+def test_zero_sae_equals_zero_ablation(tiny_hf, tokens):
+    r = evaluate(tiny_hf, zero_sae(), tokens, hook="resid_post.1")
+    assert r.ce_spliced == r.ce_zero_ablated
+    assert r.recaptured_zero == 0.0
+    assert r.l0 == 0.0 and r.dead_frac == 1.0
+
+
+def test_zero_ablation_matches_a_hand_written_hook(tiny_hf, tokens):
+    ids, mask = tokens
+    logits = tiny_hf.forward(ids, hooks={"resid_post.1": lambda x: torch.where(mask[..., None], 0.0, x)})
+    ce = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 128), ids[:, 1:].reshape(-1), reduction="none")
+    expected = float(ce[mask[:, :-1].reshape(-1)].double().mean())
+    r = evaluate(tiny_hf, random_sae(), tokens, hook="resid_post.1")
+    assert r.ce_zero_ablated == pytest.approx(expected, rel=1e-9)
+
+
+def test_shared_prefix_path_equals_plain_forwards(tiny_hf, tokens):
+    sae = random_sae()
+    a = evaluate(tiny_hf, sae, tokens, hook="resid_post.1", batch_size=3)
+    b = evaluate(tiny_hf, sae, tokens, hook="resid_post.1", batch_size=3, shared_prefix=False)
+    for k in KEYS + ("dead_frac", "dense_frac"):
+        assert getattr(a, k) == getattr(b, k), k
+    assert torch.equal(a.loss_delta.nan_to_num(), b.loss_delta.nan_to_num())
+
+
+def test_hf_and_transformerlens_bridge_agree(tiny_hf, tiny_bridge, tokens):
+    sae = random_sae()
+    a = evaluate(tiny_hf, sae, tokens, hook="resid_post.1")
+    b = evaluate(tiny_bridge, sae, tokens, hook="blocks.1.hook_resid_post")
+    for k in KEYS:
+        assert getattr(a, k) == pytest.approx(getattr(b, k), rel=1e-4, abs=1e-5), k
+
+
+def test_evaluate_many_equals_one_at_a_time(tiny_hf, tokens):
+    s0, s2 = random_sae(seed=1), random_sae(seed=2)
+    many = evaluate_many(tiny_hf, [("resid_post.0", s0), ("resid_post.2", s2), ("mlp_out.1", s0)], tokens)
+    singles = [evaluate(tiny_hf, s, tokens, hook=h) for h, s in [("resid_post.0", s0), ("resid_post.2", s2), ("mlp_out.1", s0)]]
+    for m, s in zip(many, singles):
+        assert m.hook == s.hook
+        for k in KEYS:
+            assert getattr(m, k) == getattr(s, k), k
+    assert many[0].ce_clean == many[1].ce_clean
+
+
+@pytest.mark.parametrize("arch,kw", [
+    ("standard", {}), ("topk", {"k": 8}), ("batchtopk", {"k": 8}), ("jumprelu", {}),
+    ("matryoshka", {"k": 8, "widths": (32, 96, 192)}), ("matching_pursuit", {"k": 8}),
+])
+def test_every_architecture_evaluates(tiny_hf, tokens, arch, kw):
+    sae = make_sae(arch, 64, 192, seed=0, **kw)
+    r = evaluate(tiny_hf, sae, tokens, hook="resid_post.1")
+    for k in KEYS:
+        assert math.isfinite(getattr(r, k)), k
+    assert r.architecture == sae.architecture and r.d_sae == 192
+    if arch == "topk":
+        assert r.l0 == 8.0
+
+
+def test_matryoshka_prefix_mp_k_and_pruned(tiny_hf, tokens):
+    mat = make_sae("matryoshka", 64, 192, k=8, widths=(32, 96, 192), seed=0)
+    small = evaluate(tiny_hf, mat, tokens, hook="resid_post.1", width=32)
+    assert small.d_sae == 32 and small.fire_freq.shape == (32,)
+    mp = make_sae("matching_pursuit", 64, 192, k=8, seed=0)
+    r2 = evaluate(tiny_hf, mp, tokens, hook="resid_post.1", k=2)
+    r8 = evaluate(tiny_hf, mp, tokens, hook="resid_post.1", k=8)
+    assert r2.l0 <= 2.0 and r8.fvu <= r2.fvu  # MP's residual only shrinks with more steps
+    rt = evaluate(tiny_hf, mp, tokens, hook="resid_post.1", residual_threshold=1e9)
+    assert rt.l0 < r8.l0  # a huge threshold stops pursuits early
+    top = make_sae("topk", 64, 192, k=8, seed=0)
+    pr = evaluate(tiny_hf, top.pruned(torch.arange(50)), tokens, hook="resid_post.1")
+    assert pr.d_sae == 50 and pr.l0 == 8.0
+    with pytest.raises(ValueError, match="matching-pursuit"):
+        inference_view(top, k=4)
+    with pytest.raises(ValueError, match="Matryoshka prefix"):
+        inference_view(top, width=4)
+
+
+def test_hook_from_metadata_in_any_spelling(tiny_hf, tiny_bridge, tokens):
+    sae = random_sae()
+    ref = evaluate(tiny_hf, sae, tokens, hook="resid_post.1")
+    for name in ("resid_post.1", "blocks.1.hook_resid_post", "model.layers.1", "layers.1"):
+        sae.metadata = {"hook_name": name, "model_name": "tiny-llama"}
+        assert evaluate(tiny_hf, sae, tokens).ce_spliced == ref.ce_spliced
+    sae.metadata = {"hook_name": "blocks.1.hook_resid_post"}
+    assert evaluate(tiny_bridge, sae, tokens).hook == "resid_post.1"
+    sae.metadata = {}
+    with pytest.raises(ValueError, match="names none"):
+        evaluate(tiny_hf, sae, tokens)
+
+
+def test_metadata_mismatch_warns_or_raises_when_strict(tiny_hf, tokens):
+    sae = random_sae()
+    sae.metadata = {"hook_name": "blocks.2.hook_resid_post", "model_name": "tiny-llama"}
+    with pytest.warns(MetadataMismatchWarning, match="trained at"):
+        evaluate(tiny_hf, sae, tokens, hook="resid_post.1")
+    with pytest.raises(ValueError, match="strict"):
+        evaluate(tiny_hf, sae, tokens, hook="resid_post.1", strict=True)
+    sae.metadata = {"hook_name": "resid_post.1", "model_name": "gpt2"}
+    with pytest.warns(MetadataMismatchWarning, match="gpt2"):
+        evaluate(tiny_hf, sae, tokens)
+    with pytest.raises(ValueError, match="gpt2"):
+        evaluate(tiny_hf, sae, tokens, strict=True)
+
+
+def test_width_mismatch_and_bad_options(tiny_hf, tokens):
+    with pytest.raises(ValueError, match=r"d_in=32.*width 64"):
+        evaluate(tiny_hf, random_sae(d=32), tokens, hook="resid_post.1")
+    with pytest.raises(ValueError, match="ablation_scope"):
+        evaluate(tiny_hf, random_sae(), tokens, hook="resid_post.1", ablation_scope="none")
+    with pytest.raises(ValueError, match="batch_size"):
+        evaluate(tiny_hf, random_sae(), tokens, hook="resid_post.1", batch_size=0)
+    with pytest.raises(ValueError, match="No hook point"):
+        evaluate(tiny_hf, random_sae(), tokens, hook="resid_post.9")
+
+
+def test_fp32_sae_on_bf16_model(tiny_tokenizer, tokens):
+    from sae_hooks import HFAdapter
+
+    from .conftest import make_tiny
+
+    adapter = HFAdapter(make_tiny("llama").to(torch.bfloat16), tiny_tokenizer, "tiny-llama")
+    r = evaluate(adapter, identity_sae(), tokens, hook="resid_post.1")
+    assert r.delta_ce == 0.0
+    assert math.isfinite(evaluate(adapter, random_sae(), tokens, hook="resid_post.1").recaptured_zero)
+
+
+def test_ablation_scope_all_ablates_excluded_positions_too(tiny_hf, tokens):
+    a = evaluate(tiny_hf, random_sae(), tokens, hook="resid_post.0", ablation_scope="evaluated")
+    b = evaluate(tiny_hf, random_sae(), tokens, hook="resid_post.0", ablation_scope="all")
+    assert a.ce_spliced == b.ce_spliced and a.ce_clean == b.ce_clean
+    assert a.ce_zero_ablated != b.ce_zero_ablated
+
+
+def test_bare_ids_get_the_default_mask_and_report_is_json(tiny_hf, tokens):
+    ids = tokens.input_ids
+    r = evaluate(tiny_hf, random_sae(), ids, hook="resid_post.1", top_contexts=3)
+    assert r.tokens == int(make_mask(ids, tiny_hf.tokenizer)[:, :-1].sum())
+    d = json.loads(json.dumps(r.to_dict()))
+    assert set(KEYS) <= set(d) and "loss_delta" not in d
+    assert len(d["worst"]) == 3 and "⟦" in d["worst"][0]["text"]
+    assert d["worst"][0]["delta"] == float(r.loss_delta.nan_to_num(-1e9).max())
+    assert "FVU" in r.table() and "recaptured (zero)" in r.table()
+
+
+@pytest.mark.slow
+def test_real_model_end_to_end(smollm2):
+    """A quickly fitted TopK SAE on SmolLM2 resid_post.6 over ~3k held-out stdlib tokens."""
+    from sae_hooks.data import CorpusConfig, load_token_tensor
+
+    tok = smollm2.tokenizer
+    train = load_token_tensor(tok, CorpusConfig(split="train", ctx=128), 4096)
+    acts = smollm2.capture(train.input_ids, ["resid_post.6"])["resid_post.6"][train.mask]
+    sae = make_sae("topk", 576, 1152, k=32, seed=0, metadata={"hook_name": "blocks.6.hook_resid_post",
+                                                             "model_name": "smollm2-135m-instruct"})
+    sae.init_from_data(acts, method="mean")
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
+    for _ in range(3):
+        for x in acts.split(512):
+            out = sae.training_loss(x)
+            opt.zero_grad()
+            out.loss.backward()
+            opt.step()
+            sae.after_step()
+    held = load_token_tensor(tok, CorpusConfig(split="eval", ctx=128), 3072)
+    r = evaluate(smollm2, sae, held, batch_size=8)
+    d = r.to_dict()
+    assert set(KEYS) <= set(d) and r.hook == "resid_post.6"
+    assert 2.0 < r.ce_clean < 3.5
+    assert r.ce_clean < r.ce_spliced < r.ce_zero_ablated
+    assert 0.0 < r.recaptured_zero < 1.0 and r.recaptured_mean < r.recaptured_zero
+    assert 0.0 < r.fvu < 1.0 and r.l0 == 32.0 and r.kl > 0
