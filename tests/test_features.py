@@ -1,0 +1,93 @@
+"""Feature finding: harvest bookkeeping, marked contexts, logit effects through the norm, word search."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sae_hooks.features import MARK_CLOSE, MARK_OPEN, harvest, latents_for_text, logit_effects, top_contexts
+from sae_hooks.sae import make_sae
+
+HOOK = "resid_post.1"
+
+
+@pytest.fixture(params=["hf", "tl"])
+def adapter(request, tiny_hf):
+    return tiny_hf if request.param == "hf" else request.getfixturevalue("tiny_bridge")
+
+
+@pytest.fixture
+def sae():
+    return make_sae("topk", d_in=64, d_sae=128, k=8, seed=0).eval().requires_grad_(False)
+
+
+def _batches():
+    g = torch.Generator().manual_seed(2)
+    return [torch.randint(3, 128, (3, 10), generator=g) for _ in range(3)]
+
+
+def test_harvest_matches_brute_force(tiny_hf, sae):
+    batches = _batches()
+    h = harvest(tiny_hf, sae, HOOK, batches, k=4)
+    ids = torch.cat(batches)
+    z = sae.encode(tiny_hf.capture(ids, [HOOK])[HOOK])
+    z[:, 0] = 0  # position 0 is excluded by the default mask
+    flat = z.reshape(-1, z.shape[-1]).T
+    torch.testing.assert_close(h.top_values, flat.topk(4, dim=1).values)
+    f = int(h.fire_count.argmax())
+    for j in range(4):
+        assert float(z[h.top_seq[f, j], h.top_pos[f, j], f]) == pytest.approx(float(h.top_values[f, j]), rel=1e-5)
+    assert torch.equal(h.fire_count, (z > 0).sum((0, 1)))
+    assert h.n_tokens == ids.shape[0] * (ids.shape[1] - 1)
+    assert torch.equal(h.input_ids, ids)
+    assert bool((h.top_pos[h.top_values > 0] > 0).all())
+
+
+def test_contexts_mark_the_peak(adapter, sae, tiny_tokenizer):
+    batches = _batches()
+    h = harvest(adapter, sae, HOOK, batches, k=3)
+    f = int(h.fire_count.argmax())
+    ctxs = h.contexts(f, tiny_tokenizer, adapter=adapter, sae=sae)
+    assert len(ctxs) == 3 and ctxs[0].activation >= ctxs[1].activation >= ctxs[2].activation
+    assert f"{MARK_OPEN}{ctxs[0].token}{MARK_CLOSE}" in ctxs[0].text
+    same = top_contexts(adapter, sae, HOOK, f, batches, n=3)
+    assert [c.text for c in same] == [c.text for c in ctxs]
+    with pytest.raises(ValueError, match="out of range; this SAE has 128 latents"):
+        h.contexts(128, tiny_tokenizer)
+
+
+def test_logit_effects_is_direction_through_norm_and_unembedding(adapter, sae):
+    f = 5
+    fx = logit_effects(adapter, sae, f, k=5)
+    W, g = (adapter.model.get_output_embeddings().weight, adapter.model.model.norm.weight) if adapter.backend == "hf" \
+        else (adapter.model.W_U.T, None)
+    if g is None:  # the bridge wraps the same HF norm
+        g = adapter.model.original_model.model.norm.weight
+    scores = W @ (g * sae.W_dec[f])
+    assert fx.through_norm
+    assert [t.token_id for t in fx.promoted] == scores.topk(5).indices.tolist()
+    assert [t.token_id for t in fx.suppressed] == (-scores).topk(5).indices.tolist()
+    assert fx.promoted[0].score == pytest.approx(float(scores.max()), rel=1e-5)
+    # Adding the direction at the last layer moves the promoted token's logit up.
+    ids = torch.tensor([[5, 6, 7, 8]])
+    last = f"resid_post.{adapter.n_layers - 1}"
+    clean = adapter.forward(ids)[0, -1]
+    pushed = adapter.forward(ids, hooks={last: lambda x: x + 20 * sae.W_dec[f]})[0, -1]
+    delta = pushed - clean
+    assert float(delta[fx.promoted[0].token_id]) > float(delta[fx.suppressed[0].token_id])
+    with pytest.raises(ValueError, match="out of range"):
+        logit_effects(adapter, sae, -1)
+
+
+def test_latents_for_text_ranks_the_word(tiny_hf, sae):
+    text = "a b c d e f g"
+    res = latents_for_text(tiny_hf, sae, HOOK, text, top=5)
+    assert res and all(a.mean >= b.mean for a, b in zip(res, res[1:]))
+    on_d = latents_for_text(tiny_hf, sae, HOOK, text, word="d", top=8)
+    z = sae.encode(tiny_hf.capture(tiny_hf.tokenizer(text, return_tensors="pt").input_ids, [HOOK])[HOOK])[0, 3]
+    assert {r.latent for r in on_d} == set(z.nonzero().flatten().tolist())
+    assert on_d[0].mean == pytest.approx(float(z.max()), rel=1e-5)
+    with pytest.raises(ValueError, match="does not occur"):
+        latents_for_text(tiny_hf, sae, HOOK, text, word="zebra")
+    with pytest.raises(ValueError, match="non-empty"):
+        latents_for_text(tiny_hf, sae, HOOK, "  ")
