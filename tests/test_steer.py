@@ -246,3 +246,64 @@ def test_side_effects_zero_without_edit_and_positive_with(adapter, sae, tiny_ids
     assert add.edit == "3:add:20" and abs(add.target - (add.clean + 20)) < 1e-4
     assert abs(clamp.target - 7) < 1e-5
     assert add.moved and add.reencoded > add.clean + 5
+
+
+# ---- command line --------------------------------------------------------------------------------
+
+@pytest.fixture
+def tiny_dirs(tmp_path, tiny_tokenizer):
+    """A tiny model folder and an SAE folder for it, as the CLI takes them."""
+    from tests.conftest import make_tiny
+
+    model_dir = tmp_path / "model"
+    make_tiny("llama").save_pretrained(model_dir)
+    tiny_tokenizer.save_pretrained(model_dir)
+    sae_dir = tmp_path / "sae"
+    make_sae("topk", d_in=64, d_sae=128, k=8, seed=0, metadata={"hook_name": "blocks.1.hook_resid_post"}).save(str(sae_dir))
+    corpus = tmp_path / "corpus.txt"  # words the tiny tokenizer knows (stdlib text would be all <unk>)
+    corpus.write_text("\n\n".join(" ".join(f"w{30 + (7 * i + j) % 90}" for j in range(40)) for i in range(300)))
+    return model_dir, sae_dir, corpus
+
+
+def _cli(argv, capsys):
+    import json
+
+    from sae_hooks.cli import main
+
+    rc = main(argv)
+    out, err = capsys.readouterr()
+    return rc, out, err, json.loads(out.strip().splitlines()[-1]) if out.strip() else None
+
+
+def test_cli_steer_end_to_end_json(tiny_dirs, capsys):
+    model_dir, sae_dir, corpus = tiny_dirs
+    rc, out, err, res = _cli(["steer", "--sae", str(sae_dir), "--model", str(model_dir), "--edit", "3:add:25",
+                              "--corpus", str(corpus),
+                              "--edit", "5:ablate", "--prompt", "a b c d e", "--max-new-tokens", "5",
+                              "--eval-tokens", "256", "--ctx", "32", "--json"], capsys)
+    assert rc == 0, err
+    assert res["hook"] == "resid_post.1" and res["edits"] == ["3:add:25", "5:ablate"]
+    for key in ("baseline", "steered", "sampled_baseline", "sampled_steered"):
+        assert isinstance(res[key], str)
+    assert res["baseline"] != res["steered"]
+    assert res["kl"] > 0 and res["eval_tokens"] > 0 and isinstance(res["delta_ce"], float)
+    assert [lc["edit"] for lc in res["latent_change"]] == ["3:add:25", "5:ablate"]
+    assert res["latent_change"][0]["moved"] is True
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--edit", "128:add:1"], "latent 128 is out of range; the SAE in .* has 128 latents"),
+    (["--edit", "3:boost:1"], "unknown kind 'boost'"),
+    (["--edit", "3:add:much"], "value 'much' is not a number"),
+    (["--edit", "3:add:1", "--prompt", "  "], "--prompt is empty"),
+])
+def test_cli_steer_bad_input_fails_cleanly(tiny_dirs, capsys, extra, words):
+    import re
+
+    model_dir, sae_dir, _ = tiny_dirs
+    argv = ["steer", "--sae", str(sae_dir), "--model", str(model_dir), "--prompt", "a b c", "--json", *extra]
+    rc, out, err, res = _cli(argv, capsys)
+    assert rc == 1
+    assert re.search(words, err), err
+    assert list(res) == ["error", "command"]  # nothing but the error: no partial result
+    assert len(out.strip().splitlines()) == 1
