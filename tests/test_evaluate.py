@@ -188,7 +188,7 @@ def test_bare_ids_get_the_default_mask_and_report_is_json(tiny_hf, tokens):
 
 @pytest.mark.slow
 def test_real_model_end_to_end(smollm2):
-    """A quickly fitted TopK SAE on SmolLM2 resid_post.6 over ~3k held-out stdlib tokens."""
+    """A quickly fitted TopK SAE on SmolLM2 resid_post.6 over ~2k held-out stdlib tokens."""
     from sae_hooks.data import CorpusConfig, load_token_tensor
 
     tok = smollm2.tokenizer
@@ -205,8 +205,8 @@ def test_real_model_end_to_end(smollm2):
             out.loss.backward()
             opt.step()
             sae.after_step()
-    held = load_token_tensor(tok, CorpusConfig(split="eval", ctx=128), 3072)
-    r = evaluate(smollm2, sae, held, batch_size=8)
+    held = load_token_tensor(tok, CorpusConfig(split="eval", ctx=128), 2048)
+    r = evaluate(smollm2, sae, held, batch_size=16)
     d = r.to_dict()
     assert set(KEYS) <= set(d) and r.hook == "resid_post.6"
     assert 2.0 < r.ce_clean < 3.5

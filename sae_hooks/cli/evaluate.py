@@ -1,0 +1,89 @@
+"""``sae-hooks eval``: splice an SAE into the model on held-out tokens and report what it costs.
+
+    $ sae-hooks eval --sae runs/l6_topk --tokens 50000 --ctx 128 --json
+    $ sae-hooks eval --sae pretrained:smollm2-l6-topk --hook resid_post.6 --width 1152
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "splice an SAE into the live model and measure recaptured LM loss, delta CE, KL, FVU and L0"
+
+PRETRAINED_PREFIX = "pretrained:"
+
+
+def pretrained_dir() -> Path:
+    """The repository's ``pretrained/`` folder (next to the package)."""
+    return Path(__file__).resolve().parents[2] / "pretrained"
+
+
+def resolve_sae_path(spec: str) -> Path:
+    """A folder path, or ``pretrained:NAME`` looked up under ``pretrained/`` (error lists what exists).
+
+        >>> resolve_sae_path("pretrained:smollm2-l6-topk")
+    """
+    if spec.startswith(PRETRAINED_PREFIX):
+        name = spec[len(PRETRAINED_PREFIX):]
+        root = pretrained_dir()
+        have = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        path = root / name
+        if not name or not (path / "cfg.json").is_file():
+            raise FileNotFoundError(
+                f"No pretrained SAE {name!r} in {root}. Available: {', '.join(have) or 'none'}. "
+                "Use --sae pretrained:NAME with one of these, or --sae PATH to a folder with cfg.json."
+            )
+        return path
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"SAE folder {spec!r} does not exist. Pass a folder with cfg.json, or pretrained:NAME.")
+    return path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sae", required=True, help="SAE folder (SAELens or sparsify layout) or pretrained:NAME")
+    p.add_argument("--model", default="smollm2-135m-instruct", help="model name or folder")
+    p.add_argument("--backend", default="hf", choices=["hf", "tl"], help="hf = transformers, tl = TransformerLens bridge")
+    p.add_argument("--corpus", default="stdlib", help="'stdlib', a local file/dir/glob, or an HF dataset name")
+    p.add_argument("--split", default="eval", choices=["eval", "train"], help="side of the corpus split (held-out by default)")
+    p.add_argument("--hook", default=None, help="hook point (default: the SAE metadata's hook_name)")
+    p.add_argument("--tokens", type=int, default=50_000, help="evaluated tokens (rounded up to whole sequences)")
+    p.add_argument("--ctx", type=int, default=128, help="sequence length")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward")
+    p.add_argument("--dtype", default="fp32", help="model dtype: fp32 or bf16 (the SAE keeps its own)")
+    p.add_argument("--k", type=int, default=None, help="matching pursuit: inference steps")
+    p.add_argument("--residual-threshold", type=float, default=None, help="matching pursuit: stop when ||r|| < this")
+    p.add_argument("--width", type=int, default=None, help="Matryoshka: evaluate the prefix of this many latents")
+    p.add_argument("--keep-error", action="store_true", help="splice x + (decode(z) - decode(z)): measures nothing but exactness")
+    p.add_argument("--strict", action="store_true", help="refuse an SAE whose metadata names another model or hook")
+    p.add_argument("--ablation-scope", default="evaluated", choices=["evaluated", "all"],
+                   help="ablate only the spliced positions, or every position (SAELens's zero-ablation)")
+    p.add_argument("--exclude-first", type=int, default=1, help="leading positions left untouched and unscored (attention sink)")
+    p.add_argument("--top-contexts", type=int, default=5, help="worst contexts to show")
+
+
+def run(args: argparse.Namespace) -> dict:
+    from ..data import CorpusConfig, load_token_tensor
+    from ..evaluate import evaluate
+    from ..models import load_model, parse_dtype
+    from ..sae import load_sae
+
+    if args.tokens < 1 or args.batch_size < 1:
+        raise ValueError(f"--tokens ({args.tokens}) and --batch-size ({args.batch_size}) must be >= 1.")
+    path = resolve_sae_path(args.sae)
+    sae = load_sae(path)
+    parse_dtype(args.dtype)  # a clear error before the model loads
+    cfg = CorpusConfig(source=args.corpus, split=args.split, ctx=args.ctx, exclude_first=args.exclude_first)
+    adapter = load_model(args.model, backend=args.backend, dtype=args.dtype)
+    tokens = load_token_tensor(adapter.tokenizer, cfg, args.tokens, max_positions=adapter.max_positions)
+    report = evaluate(adapter, sae, tokens, hook=args.hook, batch_size=args.batch_size, keep_error=args.keep_error,
+                      strict=args.strict, top_contexts=args.top_contexts, ablation_scope=args.ablation_scope,
+                      width=args.width, k=args.k, residual_threshold=args.residual_threshold,
+                      exclude_first=args.exclude_first)
+    if not args.json:
+        print(f"SAE {path} on {args.model} ({args.backend}, {args.dtype}), corpus {args.corpus} [{args.split}]")
+        print(report.table())
+    out = report.to_dict()
+    out.update(sae=str(path), model=args.model, corpus=args.corpus, split=args.split, ctx=args.ctx)
+    return out
