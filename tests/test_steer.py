@@ -307,3 +307,46 @@ def test_cli_steer_bad_input_fails_cleanly(tiny_dirs, capsys, extra, words):
     assert re.search(words, err), err
     assert list(res) == ["error", "command"]  # nothing but the error: no partial result
     assert len(out.strip().splitlines()) == 1
+
+
+# ---- the real embedded model ---------------------------------------------------------------------
+
+PROMPTS = ["The weather today is", "My favourite food is", "She opened the door and", "The best way to learn is",
+           "Yesterday we went to", "The old man said that", "In the garden there were", "Our teacher told us",
+           "The city at night is", "He picked up the phone and", "The story begins with", "After dinner we usually",
+           "The most important thing is", "When the rain stopped,", "The children played with",
+           "A good friend always", "The train arrived at", "On the table there was", "The letter said that",
+           "At the end of the day,"]
+
+
+@pytest.mark.slow
+def test_add_edit_promotes_its_tokens_on_smollm2(smollm2):
+    """An added decoder direction shows up as its promoted tokens in greedy continuations; side effects measured."""
+    from sae_hooks.data import CorpusConfig, load_token_tensor
+    from sae_hooks.features import logit_effects
+
+    hook = "resid_post.6"
+    sae = make_sae("topk", d_in=576, d_sae=256, k=16, seed=0).eval().requires_grad_(False)
+    tok = smollm2.tokenizer
+    f = 7
+    # A random direction at layer 6 is rewritten by the 23 blocks above it; a word's own embedding
+    # (tied to the unembedding) is a direction whose promoted tokens the model can actually say.
+    word = tok(" ocean", add_special_tokens=False).input_ids[0]
+    emb = smollm2.model.get_input_embeddings().weight[word]
+    sae.W_dec.data[f] = emb / emb.norm()
+    promoted = {t.token_id for t in logit_effects(smollm2, sae, f, k=20).promoted}
+    ids = [tok(p, return_tensors="pt").input_ids for p in PROMPTS]
+    norm = float(torch.cat([smollm2.capture(i, [hook])[hook][0, 1:] for i in ids]).norm(dim=-1).median())
+    edit = f"{f}:add:{norm:.1f}"
+    counts = {"baseline": 0, "steered": 0}
+    for i in ids:
+        counts["baseline"] += any(int(t) in promoted for t in generate(smollm2, i, 8).new_ids[0])
+        with steer(smollm2, {hook: (sae, [edit])}):
+            counts["steered"] += any(int(t) in promoted for t in generate(smollm2, i, 8).new_ids[0])
+    fx = side_effects(smollm2, {hook: (sae, [edit])}, load_token_tensor(tok, CorpusConfig(split="eval"), 1024))
+    print(f"\n{edit}: prompts with a promoted token: baseline {counts['baseline']}/20, steered {counts['steered']}/20; "
+          f"delta CE {fx.delta_ce:+.3f} nats, KL {fx.kl:.3f}")
+    assert counts["steered"] >= counts["baseline"] + 5
+    assert 0.5 < fx.ce_clean < 5.0 and fx.delta_ce > 0 and fx.kl > 0
+    none = side_effects(smollm2, {hook: (sae, [])}, load_token_tensor(tok, CorpusConfig(split="eval"), 256))
+    assert none.delta_ce == 0.0 and none.kl == 0.0
