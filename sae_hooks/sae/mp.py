@@ -37,6 +37,7 @@ from torch import Tensor
 from .base import SAE, SAEConfig, TrainLoss, check_input, mse_per_token
 
 _BLOCK = 128  # argmax block width; 64–128 measured best on the 2-core CPU
+_TIE_TOL = 1e-4  # near-tie band, relative to ‖r0‖, in which Gram selections are re-checked
 _CHUNK = 256  # rows per chunk: c (256×4608 fp32 = 4.7 MB) stays in cache across steps
 
 
@@ -91,13 +92,26 @@ class MPResult(NamedTuple):
     """‖r‖ before the first step and after every step (non-increasing); detached."""
 
 
-def _blocked_argmax(c: Tensor, block: int) -> Tensor:
-    """First index of the row maximum; c's width must be a multiple of `block`."""
+def _blocked_argmax(c: Tensor, block: int) -> tuple[Tensor, Tensor]:
+    """(first index of each row's maximum, gap to the runner-up); width % block == 0.
+
+    A fast `amax` over blocks, then an argmax inside the winning block only: ~4x
+    faster than `argmax` over the full row on this CPU. The gap flags near-ties.
+    """
     n_rows, width = c.shape
-    blocks = c.view(n_rows, width // block, block)
-    best = blocks.amax(-1).argmax(-1)  # [rows]
-    inner = blocks[torch.arange(n_rows, device=c.device), best].argmax(-1)
-    return best * block + inner
+    n_blocks = width // block
+    blocks = c.view(n_rows, n_blocks, block)
+    block_max = blocks.amax(-1)  # [rows, n_blocks]
+    best = block_max.argmax(-1)  # first block holding the maximum
+    flat = (torch.arange(n_rows, device=c.device) * n_blocks + best)
+    winner = blocks.reshape(-1, block).index_select(0, flat)  # [rows, block]
+    inner = winner.argmax(-1)
+    top = winner.topk(2, -1).values if block >= 2 else torch.cat(
+        [winner, torch.full_like(winner, float("-inf"))], -1)
+    runner_up = top[:, 1]
+    if n_blocks >= 2:
+        runner_up = torch.maximum(runner_up, block_max.topk(2, -1).values[:, 1])
+    return best * block + inner, top[:, 0] - runner_up
 
 
 @torch.no_grad()
@@ -123,9 +137,19 @@ def _select(
         c = r.new_full((hi - lo, width), float("-inf"))
         c[:, :d_sae] = r @ D.T
         done = torch.zeros(hi - lo, dtype=torch.bool, device=D.device)
+        tol = _TIE_TOL * norms[lo:hi, 0]
         for t in range(k):
-            j = _blocked_argmax(c, block)
-            atoms = D[j]  # [c, d_in]
+            j, gap = _blocked_argmax(c, block)
+            if gram is not None:
+                # Gram updates drift from D r by ~1e-6 relative; where the top two
+                # correlations are that close, redo the step from the residual so the
+                # choice is the reference loop's (an order swap would change the values).
+                near = (gap <= tol).nonzero().flatten()
+                if near.numel():
+                    exact = r.index_select(0, near) @ D.T
+                    c[near, :d_sae] = exact
+                    j[near] = exact.argmax(-1)
+            atoms = D.index_select(0, j)  # [c, d_in]
             v = (r * atoms).sum(-1).clamp_min(0)
             if stopping:
                 v = v.masked_fill(done, 0.0)
@@ -146,10 +170,15 @@ def _select(
                     break
             if t + 1 < k:
                 if gram is not None:
-                    c.addcmul_(gram[j], v[:, None], value=-1.0)
+                    c.addcmul_(gram.index_select(0, j), v[:, None], value=-1.0)
                 else:
                     c[:, :d_sae] = r @ D.T
     return idx, vals, active, norms
+
+
+def _gather_atoms(D: Tensor, idx: Tensor) -> Tensor:
+    """D[idx] as [N, k, d_in]; index_select's backward is a plain index_add."""
+    return D.index_select(0, idx.reshape(-1)).view(*idx.shape, D.shape[1])
 
 
 def matching_pursuit(
@@ -173,9 +202,9 @@ def matching_pursuit(
     )
     needs_grad = torch.is_grad_enabled() and (sae_in.requires_grad or D.requires_grad)
     if not needs_grad:
-        recon = torch.bmm(vals[:, None, :], D[idx]).squeeze(1)
+        recon = torch.bmm(vals[:, None, :], _gather_atoms(D, idx)).squeeze(1)
         return MPResult(idx, vals, sae_in - recon, norms)
-    A = D[idx]  # [N, k, d_in]
+    A = _gather_atoms(D, idx)  # [N, k, d_in]
     q = torch.bmm(A, sae_in[:, :, None]).squeeze(-1)  # [N, k]: ⟨r0, a_t⟩
     gl = torch.bmm(A, A.transpose(1, 2))  # [N, k, k]: ⟨a_s, a_t⟩
     mask = active.to(q.dtype)

@@ -14,6 +14,8 @@ Active entries are given as flat COO triples sorted by token: `rows` (token inde
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
@@ -52,7 +54,9 @@ class _GatherPre(torch.autograd.Function):
             s = torch.sparse_coo_tensor(
                 torch.stack([cols, rows]), g, (d_sae, n_rows), check_invariants=False
             )
-            s = s.coalesce().to_sparse_csr()
+            with warnings.catch_warnings():  # "CSR support is in beta": we rely on mm only
+                warnings.simplefilter("ignore", UserWarning)
+                s = s.coalesce().to_sparse_csr()
             grad_W = (s @ sae_in.detach()).T  # [d_in, d_sae], a transposed view
         if ctx.needs_input_grad[0]:
             grad_in = F.embedding_bag(

@@ -1,0 +1,101 @@
+"""Benchmark: our matching-pursuit encoder against SAELens's reference, side by side.
+
+Config (DESIGN.md): k=32 fixed steps, batch 4096, d_in 576, d_sae 4608, unit-norm random
+dictionary, ReLU selection, 2 threads; median of --repeats runs. Needs sae_lens, so run
+it with the second venv (our package importable via `pip install --no-deps -e .`):
+
+    .venv-saelens/bin/python bench/mp_encode.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sae_hooks.sae.mp import matching_pursuit, padded_gram  # noqa: E402
+
+
+def _median_time(fn, repeats: int) -> tuple[float, object]:
+    out = fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--batch", type=int, default=4096)
+    ap.add_argument("--d-in", type=int, default=576)
+    ap.add_argument("--d-sae", type=int, default=4608)
+    ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    from sae_lens.saes.matching_pursuit_sae import _encode_matching_pursuit
+
+    torch.set_num_threads(args.threads)
+    g = torch.Generator().manual_seed(0)
+    D = torch.randn(args.d_sae, args.d_in, generator=g)
+    D /= D.norm(dim=-1, keepdim=True)
+    x = torch.randn(args.batch, args.d_in, generator=g)
+    k = args.k
+
+    def theirs_fwd():
+        with torch.no_grad():
+            return _encode_matching_pursuit(x, D, 0.0, max_iterations=k,
+                                            stop_on_duplicate_support=False)
+
+    def ours_fwd(gram):
+        with torch.no_grad():
+            res = matching_pursuit(x, D, k, gram=gram)
+            z = torch.zeros(args.batch, args.d_sae).scatter_add_(1, res.indices, res.values)
+            return z
+
+    def theirs_fb():
+        Dp = D.clone().requires_grad_(True)
+        z = _encode_matching_pursuit(x, Dp, 0.0, max_iterations=k, stop_on_duplicate_support=False)
+        loss = (z @ Dp - x).pow(2).sum()
+        loss.backward()
+        return Dp.grad
+
+    def ours_fb():
+        Dp = D.clone().requires_grad_(True)
+        res = matching_pursuit(x, Dp, k, gram=padded_gram(D))  # Gram rebuilt: D changes in training
+        loss = res.residual.pow(2).sum()  # x - x_hat = residual
+        loss.backward()
+        return Dp.grad
+
+    gram = padded_gram(D)
+    t_gram, _ = _median_time(lambda: padded_gram(D), args.repeats)
+    t_ref, z_ref = _median_time(theirs_fwd, args.repeats)
+    t_ours_cached, z_ours = _median_time(lambda: ours_fwd(gram), args.repeats)
+    t_ours_build, _ = _median_time(lambda: ours_fwd(padded_gram(D)), args.repeats)
+    t_ref_fb, g_ref = _median_time(theirs_fb, args.repeats)
+    t_ours_fb, g_ours = _median_time(ours_fb, args.repeats)
+
+    diff = (z_ours - z_ref).abs().max().item()
+    same_support = torch.equal(z_ours != 0, z_ref != 0)
+    gdiff = ((g_ours - g_ref).abs().max() / g_ref.abs().max()).item()
+    print(f"MP encode: batch {args.batch}, {args.d_in}->{args.d_sae}, k={k}, "
+          f"{args.threads} threads, median of {args.repeats}")
+    print(f"{'':32s}{'SAELens':>10s}{'ours':>10s}{'ratio':>8s}")
+    print(f"{'forward (Gram cached)':32s}{t_ref:10.3f}{t_ours_cached:10.3f}{t_ref / t_ours_cached:8.1f}x")
+    print(f"{'forward (incl. Gram build)':32s}{t_ref:10.3f}{t_ours_build:10.3f}{t_ref / t_ours_build:8.1f}x")
+    print(f"{'forward+backward (incl. Gram)':32s}{t_ref_fb:10.3f}{t_ours_fb:10.3f}{t_ref_fb / t_ours_fb:8.1f}x")
+    print(f"Gram build alone: {t_gram:.3f} s")
+    print(f"max |z_ours - z_saelens| = {diff:.2e}; same support: {same_support}")
+    print(f"max |dD_ours - dD_saelens| / max |dD_saelens| = {gdiff:.2e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""Properties every architecture must have, on tiny random SAEs (seeded, several seeds)."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from sae_hooks.sae import ARCHITECTURES, load_sae, make_sae
+
+D_IN, D_SAE = 32, 128
+KW = {
+    "standard": {},
+    "topk": {"k": 6},
+    "batchtopk": {"k": 6},
+    "jumprelu": {},
+    "matryoshka": {"k": 6, "widths": (16, 64, 128)},
+    "matching_pursuit": {"k": 6},
+}
+SEEDS = [0, 1, 2]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny tensors: one thread avoids OpenMP wake-up costs on a shared 2-core box.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _sae(arch, seed=0):
+    sae = make_sae(arch, D_IN, D_SAE, seed=seed, **KW[arch])
+    with torch.no_grad():  # non-trivial biases and thresholds so the checks bite
+        g = torch.Generator().manual_seed(seed + 100)
+        sae.b_dec.copy_(0.1 * torch.randn(D_IN, generator=g))
+        if not sae.tied:
+            sae.b_enc.copy_(0.1 * torch.randn(D_SAE, generator=g))
+        if arch == "jumprelu":
+            sae.threshold.copy_(0.2 * torch.rand(D_SAE, generator=g))
+        if arch in ("batchtopk", "matryoshka"):
+            sae.set_threshold(0.3)
+    return sae
+
+
+def _x(seed, n=40):
+    return torch.randn(n, D_IN, generator=torch.Generator().manual_seed(seed))
+
+
+def test_table_is_explicit_and_complete():
+    assert set(ARCHITECTURES) == set(KW)
+    for name, cls in ARCHITECTURES.items():
+        assert cls.architecture == name == cls.config_class.architecture
+
+
+@pytest.mark.parametrize("arch", sorted(KW))
+@pytest.mark.parametrize("seed", SEEDS)
+def test_forward_is_decode_of_encode(arch, seed):
+    sae, x = _sae(arch, seed), _x(seed)
+    out = sae(x)
+    assert torch.equal(out.z, sae.encode(x))
+    assert torch.equal(out.x_hat, sae.decode(sae.encode(x)))
+    assert out.z.shape == (40, D_SAE) and out.x_hat.shape == x.shape
+    # Leading dims are kept.
+    assert sae.encode(x.view(4, 10, D_IN)).shape == (4, 10, D_SAE)
+
+
+@pytest.mark.parametrize("arch", sorted(KW))
+def test_save_load_bit_identical(arch, tmp_path):
+    sae, x = _sae(arch), _x(0)
+    sae.save(tmp_path / "s", metadata={"hook_name": "blocks.1.hook_resid_post"})
+    back = load_sae(tmp_path / "s")
+    assert type(back) is type(sae)
+    assert back.cfg == sae.cfg
+    assert back.metadata["hook_name"] == "blocks.1.hook_resid_post"
+    for name, p in sae.state_dict().items():
+        assert torch.equal(p, back.state_dict()[name]), name
+    assert torch.equal(back(x).x_hat, sae(x).x_hat)
+    assert torch.equal(back.encode(x), sae.encode(x))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_topk_l0_is_k(seed):
+    sae = _sae("topk", seed)
+    z = sae.encode(_x(seed) * 3)
+    assert ((z != 0).sum(-1) <= 6).all()
+    # With ReLU'd top-k only non-positive pre-activations can drop out; bias them up.
+    with torch.no_grad():
+        sae.b_enc.fill_(10.0)
+    z = sae.encode(_x(seed))
+    assert ((z != 0).sum(-1) == 6).all()
+    out = sae.training_loss(_x(seed))
+    assert float(out.l0) == 6.0
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka"])
+@pytest.mark.parametrize("seed", SEEDS)
+def test_sparse_training_path_matches_dense(arch, seed):
+    x = _x(seed, 64)
+    dead = torch.zeros(D_SAE, dtype=torch.bool)
+    dead[::3] = True
+    grads = []
+    for sparse in (True, False):
+        sae = _sae(arch, seed)
+        out = sae.training_loss(x, dead, sparse=sparse)
+        out.loss.backward()
+        grads.append((out.loss.detach(), {n: p.grad.clone() for n, p in sae.named_parameters()},
+                      out.parts))
+    (ls, gs, ps), (ld, gd, pd) = grads
+    assert torch.allclose(ls, ld, rtol=1e-5, atol=1e-5)
+    assert set(ps) == set(pd) and "auxk" in ps
+    for name in gd:
+        assert torch.allclose(gs[name], gd[name], rtol=1e-4, atol=1e-5), name
+
+
+def test_auxk_trains_only_dead_latents_encoder_columns():
+    sae, x = _sae("topk"), _x(0, 64)
+    dead = torch.zeros(D_SAE, dtype=torch.bool)
+    dead[:10] = True
+    out = sae.training_loss(x, dead)
+    assert float(out.parts["auxk"]) > 0
+    out.loss.backward()
+    assert sae.W_enc.grad[:, :10].abs().sum() > 0  # AuxK reached the dead latents
+    # Without dead latents there is no AuxK term and the gradient of unselected columns is 0.
+    sae.zero_grad()
+    out = sae.training_loss(x)
+    assert "auxk" not in out.parts
+    out.loss.backward()
+    never = ~out.fired
+    assert never.any() and sae.W_enc.grad[:, never].abs().sum() == 0
+
+
+def test_matryoshka_prefix_uses_only_its_latents():
+    sae, x = _sae("matryoshka"), _x(0)
+    small = sae.prefix(64)
+    assert small.cfg.d_sae == 64 and small.cfg.widths == (16, 64)
+    z_full = sae.encode(x)
+    assert torch.equal(small.encode(x), z_full[:, :64])
+    expected = z_full[:, :64] @ sae.W_dec[:64] + sae.b_dec
+    assert torch.allclose(small(x).x_hat, expected, atol=1e-6)
+    # Changing latents beyond the prefix does not change the prefix reconstruction.
+    with torch.no_grad():
+        sae.W_dec[64:] += 1.0
+        sae.W_enc[:, 64:] += 1.0
+    assert torch.equal(sae.prefix(64)(x).x_hat, small(x).x_hat)
+    out = _sae("matryoshka").training_loss(x)
+    assert {"mse_w16", "mse_w64", "mse_w128"} <= set(out.parts)
+
+
+def test_batchtopk_inference_l0_close_to_k_on_heldout():
+    torch.manual_seed(0)
+    d_in, d_sae, k = 32, 256, 8
+    basis = torch.randn(d_sae, d_in)
+    def data(n, seed):
+        g = torch.Generator().manual_seed(seed)
+        codes = torch.rand(n, d_sae, generator=g) * (torch.rand(n, d_sae, generator=g) < 0.03)
+        return codes @ basis + 0.05 * torch.randn(n, d_in, generator=g)
+    for arch, kw in [("batchtopk", {}), ("matryoshka", {"widths": (64, 256)})]:
+        sae = make_sae(arch, d_in, d_sae, k=k, seed=0, **kw)
+        sae.init_from_data(data(512, 99))
+        opt = torch.optim.Adam(sae.parameters(), lr=3e-3)
+        for step in range(60):  # a short run: where SAELens's EMA threshold fails
+            out = sae.training_loss(data(256, step))
+            opt.zero_grad(); out.loss.backward(); opt.step(); sae.after_step()
+            assert abs(float(out.l0) - k) < 1e-6 or float(out.l0) <= k
+        held = data(2048, 12345)
+        l0 = (sae.encode(held) != 0).sum(-1).float().mean().item()
+        assert abs(l0 - k) / k < 0.25, (arch, l0)
+
+
+def test_pruned_keeps_the_chosen_latents():
+    for arch in sorted(KW):
+        sae, x = _sae(arch), _x(0)
+        idx = torch.tensor([5, 1, 77, 3])
+        p = sae.pruned(idx)
+        assert type(p) is type(sae) and p.cfg.d_sae == 4
+        assert torch.equal(p.W_dec, sae.W_dec[idx])
+        if arch in ("standard", "jumprelu", "batchtopk"):
+            # per-latent activations: pruning = selecting columns of the codes
+            assert torch.allclose(p.encode(x), sae.encode(x)[:, idx])
+
+
+@pytest.mark.parametrize("arch", ["standard", "topk", "batchtopk", "jumprelu"])
+def test_fold_input_scale_keeps_codes(arch):
+    sae, x = _sae(arch), _x(0)
+    s = 3.7
+    z_scaled = sae.encode(x * s)
+    xh_scaled = sae.decode(z_scaled)
+    sae.fold_input_scale(s)
+    assert torch.allclose(sae.encode(x), z_scaled, atol=1e-5)
+    assert torch.allclose(sae.decode(sae.encode(x)), xh_scaled / s, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", sorted(KW))
+def test_one_training_step_lowers_loss_and_after_step(arch):
+    sae, x = _sae(arch), _x(0, 128)
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
+    first = None
+    for _ in range(5):
+        out = sae.training_loss(x)
+        first = first if first is not None else float(out.loss)
+        opt.zero_grad(); out.loss.backward(); opt.step(); sae.after_step()
+    assert float(sae.training_loss(x).loss) < first
+    assert out.fired.dtype == torch.bool and out.fired.shape == (D_SAE,)
+    if arch in ("topk", "batchtopk", "matryoshka", "matching_pursuit"):
+        assert torch.allclose(sae.W_dec.norm(dim=-1), torch.ones(D_SAE), atol=1e-5)
+
+
+def test_seeded_init_is_reproducible_and_private():
+    torch.manual_seed(5)
+    before = torch.rand(1)
+    a = make_sae("topk", D_IN, D_SAE, k=4, seed=3)
+    b = make_sae("topk", D_IN, D_SAE, k=4, seed=3)
+    torch.manual_seed(5)
+    assert torch.equal(before, torch.rand(1))  # global RNG untouched by seeded builds
+    assert torch.equal(a.W_dec, b.W_dec)
+
+
+def test_configs_are_frozen():
+    sae = _sae("topk")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        sae.cfg.k = 3
