@@ -1,0 +1,136 @@
+"""MP-SAE: the fast encoder equals the plain loop forward and backward; MP invariants."""
+
+import pytest
+import torch
+
+from sae_hooks.sae import make_sae
+from sae_hooks.sae.mp import matching_pursuit, padded_gram
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def plain_mp(sae_in, D, k):
+    """The textbook loop: k full products D r, autograd through values only."""
+    r = sae_in
+    z = torch.zeros(sae_in.shape[0], D.shape[0], dtype=D.dtype)
+    for _ in range(k):
+        with torch.no_grad():
+            j = (r @ D.T).relu().max(dim=1).indices
+        a = D[j]
+        v = (r * a).sum(-1, keepdim=True).relu()
+        z = z.scatter_add(1, j[:, None], v)
+        r = r - v * a
+    return z, r
+
+
+def _setup(seed, n=48, d_in=24, d_sae=96):
+    g = torch.Generator().manual_seed(seed)
+    D = torch.randn(d_sae, d_in, generator=g, dtype=torch.float64)
+    D /= D.norm(dim=-1, keepdim=True)
+    x = torch.randn(n, d_in, generator=g, dtype=torch.float64)
+    return D, x
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("use_gram", [True, False])
+def test_fast_equals_plain_forward_and_backward(seed, use_gram):
+    D, x = _setup(seed)
+    k = 12
+    D1, x1 = D.clone().requires_grad_(), x.clone().requires_grad_()
+    z_ref, r_ref = plain_mp(x1, D1, k)
+    (z_ref.pow(2).sum() + r_ref.pow(2).sum()).backward()
+    D2, x2 = D.clone().requires_grad_(), x.clone().requires_grad_()
+    res = matching_pursuit(x2, D2, k, gram=padded_gram(D) if use_gram else None)
+    z = torch.zeros_like(z_ref).scatter_add(1, res.indices, res.values)
+    (z.pow(2).sum() + res.residual.pow(2).sum()).backward()
+    assert torch.allclose(z, z_ref, atol=1e-10)
+    assert torch.allclose(res.residual, r_ref, atol=1e-10)
+    assert torch.allclose(D2.grad, D1.grad, atol=1e-9)
+    assert torch.allclose(x2.grad, x1.grad, atol=1e-9)
+
+
+def test_duplicate_selection_accumulates():
+    # Two nearly parallel atoms: MP bounces between them and reselects.
+    D = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.8, 0.6]], dtype=torch.float64)
+    x = torch.tensor([[2.0, 1.0]], dtype=torch.float64)
+    res = matching_pursuit(x, D, 6)
+    assert res.indices[0].unique().numel() < 6  # some atom was chosen twice
+    z_ref, r_ref = plain_mp(x, D, 6)
+    z = torch.zeros(1, 3, dtype=torch.float64).scatter_add(1, res.indices, res.values)
+    assert torch.allclose(z, z_ref) and torch.allclose(res.residual, r_ref)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_residual_monotone_and_xhat_is_x_minus_r(seed):
+    sae = make_sae("matching_pursuit", 24, 96, k=10, seed=seed)
+    with torch.no_grad():
+        sae.b_dec.normal_(0, 0.3)
+    x = torch.randn(50, 24, generator=torch.Generator().manual_seed(seed))
+    res = sae.pursue(x)
+    steps = res.norms.diff(dim=1)
+    assert (steps <= 1e-6).all()
+    # each step lowers ‖r‖² by v² exactly (unit atoms)
+    assert torch.allclose(res.norms[:, :-1] ** 2 - res.norms[:, 1:] ** 2, res.values ** 2, atol=1e-4)
+    x_hat = sae(x).x_hat
+    assert torch.allclose(x_hat, x - res.residual, atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_k1_equals_topk1_projection(seed):
+    mp = make_sae("matching_pursuit", 24, 96, k=1, seed=seed, apply_b_dec_to_input=True)
+    topk = make_sae("topk", 24, 96, k=1, seed=seed)
+    with torch.no_grad():  # same dictionary, tied encoder, no encoder bias
+        topk.W_enc.copy_(mp.W_dec.T)
+        topk.W_dec.copy_(mp.W_dec)
+        topk.b_enc.zero_()
+        b = torch.randn(24, generator=torch.Generator().manual_seed(9))
+        mp.b_dec.copy_(b)
+        topk.b_dec.copy_(b)
+    x = torch.randn(40, 24, generator=torch.Generator().manual_seed(seed + 7))
+    assert torch.allclose(mp.encode(x), topk.encode(x), atol=1e-6)
+    assert torch.allclose(mp(x).x_hat, topk(x).x_hat, atol=1e-6)
+
+
+def test_adaptive_inference_threshold_and_k():
+    sae = make_sae("matching_pursuit", 24, 96, k=8, seed=0)
+    x = torch.randn(64, 24, generator=torch.Generator().manual_seed(1))
+    l0 = lambda z: (z != 0).sum(-1).float().mean().item()  # noqa: E731
+    z8, z20 = sae.encode(x), sae.encode(x, k=20)
+    assert l0(z20) > l0(z8)
+    res = sae.pursue(x, k=40, residual_threshold=2.0)
+    final = res.norms.gather(1, (res.values > 0).sum(-1, keepdim=True).clamp(max=40))
+    stopped = (res.values[:, -1] == 0)
+    assert (final[stopped] < 2.0 + 1e-6).all()
+    assert stopped.any()
+    dup = sae.pursue(x, k=40, stop_on_duplicate_support=True)
+    assert (dup.values > 0).sum(-1).float().mean() < 40
+
+
+def test_training_runs_fixed_k_and_renormalises():
+    sae = make_sae("matching_pursuit", 24, 96, k=6, seed=0, residual_threshold=100.0)
+    x = torch.randn(64, 24)
+    out = sae.training_loss(x)  # ignores the inference threshold: always k steps
+    assert float(out.l0) > 1
+    out.loss.backward()
+    torch.optim.SGD(sae.parameters(), lr=0.1).step()
+    sae.after_step()
+    assert torch.allclose(sae.W_dec.norm(dim=-1), torch.ones(96), atol=1e-6)
+    assert sae.gram() is not None  # rebuilt for the new dictionary
+    assert torch.allclose(sae.gram()[:, :96], sae.W_dec @ sae.W_dec.T, atol=1e-6)
+
+
+def test_fold_input_scale_rescales_codes():
+    sae = make_sae("matching_pursuit", 24, 96, k=6, seed=0)
+    with torch.no_grad():
+        sae.b_dec.normal_()
+    x = torch.randn(16, 24)
+    z_scaled, xh_scaled = sae.encode(3 * x), sae(3 * x).x_hat
+    sae.fold_input_scale(3.0)
+    assert torch.allclose(sae.encode(x), z_scaled / 3, atol=1e-5)
+    assert torch.allclose(sae(x).x_hat, xh_scaled / 3, atol=1e-5)
