@@ -213,3 +213,30 @@ def test_real_model_end_to_end(smollm2):
     assert r.ce_clean < r.ce_spliced < r.ce_zero_ablated
     assert 0.0 < r.recaptured_zero < 1.0 and r.recaptured_mean < r.recaptured_zero
     assert 0.0 < r.fvu < 1.0 and r.l0 == 32.0 and r.kl > 0
+
+
+def test_cli_eval_json_and_errors(tiny_tokenizer, tmp_path, capsys):
+    from sae_hooks.cli import main
+
+    from .conftest import make_tiny
+
+    model_dir = tmp_path / "model"
+    make_tiny("llama").save_pretrained(model_dir)
+    tiny_tokenizer.save_pretrained(model_dir)
+    g = torch.Generator().manual_seed(0)
+    words = [chr(97 + i) for i in range(26)] + [f"w{i}" for i in range(29, 128)]
+    paras = [" ".join(words[j] for j in torch.randint(0, len(words), (40,), generator=g).tolist()) for _ in range(300)]
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(paras))
+    sae = random_sae()
+    sae.metadata = {"hook_name": "blocks.1.hook_resid_post", "model_name": "model"}
+    sae.save(tmp_path / "sae")
+    argv = ["eval", "--sae", str(tmp_path / "sae"), "--model", str(model_dir), "--corpus", str(corpus),
+            "--tokens", "256", "--ctx", "32", "--json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(KEYS) <= set(out) and out["hook"] == "resid_post.1" and out["tokens"] > 0
+    assert main(argv[:-1] + ["--hook", "resid_post.0", "--strict", "--json"]) == 1
+    assert "strict" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["error"]
+    assert main(["eval", "--sae", "pretrained:nothing-here", "--json"]) == 1
+    assert "Available" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["error"]
