@@ -219,3 +219,13 @@ def test_configs_are_frozen():
     sae = _sae("topk")
     with pytest.raises(dataclasses.FrozenInstanceError):
         sae.cfg.k = 3
+
+
+def test_sparse_path_input_gradient_matches_dense():
+    grads = []
+    for sparse in (True, False):
+        sae = _sae("topk")
+        x = _x(4, 32).requires_grad_(True)
+        sae.training_loss(x, sparse=sparse).loss.backward()
+        grads.append(x.grad)
+    assert torch.allclose(grads[0], grads[1], atol=1e-5)

@@ -8,7 +8,7 @@ O(B·k·d_in) work, so a TopK step pays for one dense product only (DESIGN.md, "
 Active entries are given as flat COO triples sorted by token: `rows` (token index),
 `cols` (latent index), one value each.
 
-    vals = gather_pre(sae_in, W_enc, b_enc, rows, cols, pre.detach()[rows, cols])
+    vals = gather_pre(x, b_dec, W_enc, b_enc, rows, cols, pre.detach()[rows, cols])
     x_hat = sparse_decode(rows, cols, vals.relu(), W_dec, b_dec, n_rows=B)
 """
 
@@ -29,48 +29,51 @@ def row_offsets(rows: Int[Tensor, " nnz"], n_rows: int) -> Int[Tensor, " n_rows"
 
 
 class _GatherPre(torch.autograd.Function):
-    """pre[rows, cols] = sae_in[rows] · W_enc[:, cols] + b_enc[cols], with sparse backward.
+    """pre[rows, cols] = (x − b_dec)[rows] · W_enc[:, cols] + b_enc[cols], sparse backward.
 
     The forward reuses the already computed dense pre-activations; the backward never
-    forms a dense [B, d_sae] gradient: dW_enc is a sparse (d_sae×B)·(B×d_in) product and
-    d sae_in an embedding-bag over the active encoder columns.
+    forms a dense [B, d_sae] gradient: dW_enc is a sparse (d_sae×B)·(B×d_in) product,
+    db_dec = −W_enc · db_enc (one mat-vec, since b_dec is shared by all tokens), and dx
+    (rarely needed) an embedding-bag over the active encoder columns.
     """
 
     @staticmethod
-    def forward(ctx, sae_in, W_enc, b_enc, rows, cols, pre_vals):  # type: ignore[override]
+    def forward(ctx, x, b_dec, W_enc, b_enc, rows, cols, pre_vals, sae_in):  # type: ignore[override]
         ctx.save_for_backward(sae_in, W_enc, rows, cols)
-        ctx.d_sae = W_enc.shape[1]
+        ctx.has_b_dec = b_dec is not None
         return pre_vals.clone()
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
         sae_in, W_enc, rows, cols = ctx.saved_tensors
-        n_rows, d_sae = sae_in.shape[0], ctx.d_sae
+        n_rows, d_sae = sae_in.shape[0], W_enc.shape[1]
         g = g.contiguous()
-        grad_in = grad_W = grad_b = None
-        if ctx.needs_input_grad[2]:
+        grad_x = grad_bd = grad_W = grad_b = None
+        need_x, need_bd, need_W, need_b = ctx.needs_input_grad[:4]
+        if need_b or need_bd:
             grad_b = torch.zeros(d_sae, dtype=g.dtype, device=g.device).index_add_(0, cols, g)
-        if ctx.needs_input_grad[1]:
-            s = torch.sparse_coo_tensor(
-                torch.stack([cols, rows]), g, (d_sae, n_rows), check_invariants=False
-            )
+            if need_bd and ctx.has_b_dec:
+                grad_bd = -(W_enc.detach() @ grad_b)
+        if need_W:
+            # CSR of the [d_sae, B] gradient: sort entries by latent (stable keeps rows sorted).
+            order = torch.sort(cols, stable=True).indices
+            crow = torch.zeros(d_sae + 1, dtype=torch.long, device=g.device)
+            crow[1:] = torch.cumsum(torch.bincount(cols, minlength=d_sae), 0)
             with warnings.catch_warnings():  # "CSR support is in beta": we rely on mm only
                 warnings.simplefilter("ignore", UserWarning)
-                s = s.coalesce().to_sparse_csr()
-            grad_W = (s @ sae_in.detach()).T  # [d_in, d_sae], a transposed view
-        if ctx.needs_input_grad[0]:
-            grad_in = F.embedding_bag(
-                cols,
-                W_enc.detach().T.contiguous(),
-                row_offsets(rows, n_rows),
-                mode="sum",
-                per_sample_weights=g,
+                s = torch.sparse_csr_tensor(crow, rows[order], g[order], (d_sae, n_rows))
+            grad_W = (s @ sae_in).T  # [d_in, d_sae], a transposed view
+        if need_x:
+            grad_x = F.embedding_bag(
+                cols, W_enc.detach().T.contiguous(), row_offsets(rows, n_rows),
+                mode="sum", per_sample_weights=g,
             )
-        return grad_in, grad_W, grad_b, None, None, None
+        return grad_x, grad_bd, grad_W, (grad_b if need_b else None), None, None, None, None
 
 
 def gather_pre(
-    sae_in: Float[Tensor, "B d_in"],
+    x: Float[Tensor, "B d_in"],
+    b_dec: Float[Tensor, " d_in"] | None,
     W_enc: Float[Tensor, "d_in d_sae"],
     b_enc: Float[Tensor, " d_sae"],
     rows: Int[Tensor, " nnz"],
@@ -79,9 +82,14 @@ def gather_pre(
 ) -> Float[Tensor, " nnz"]:
     """Differentiable pre-activations at the active (row, col) entries; sparse backward.
 
-        vals = gather_pre(sae_in, sae.W_enc, sae.b_enc, rows, cols, pre[rows, cols])
+    `b_dec` is subtracted from x (None when the SAE does not apply it to the input);
+    `pre_vals` are the forward values, already computed by the dense product.
+
+        vals = gather_pre(x, sae.b_dec, sae.W_enc, sae.b_enc, rows, cols, pre[rows, cols])
     """
-    return _GatherPre.apply(sae_in, W_enc, b_enc, rows, cols, pre_vals.detach())
+    with torch.no_grad():
+        sae_in = x - b_dec if b_dec is not None else x
+    return _GatherPre.apply(x, b_dec, W_enc, b_enc, rows, cols, pre_vals.detach(), sae_in.detach())
 
 
 def sparse_decode(

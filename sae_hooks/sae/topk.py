@@ -84,7 +84,8 @@ class _TopKFamily(SAE):
             with torch.no_grad():
                 pre = torch.addmm(self.b_enc, sae_in, self.W_enc)  # [B, d_sae]
             rows, cols = self._select(pre)
-            vals = gather_pre(sae_in, self.W_enc, self.b_enc, rows, cols, pre[rows, cols])
+            b_dec = self.b_dec if self.cfg.apply_b_dec_to_input else None
+            vals = gather_pre(x, b_dec, self.W_enc, self.b_enc, rows, cols, pre[rows, cols])
             vals = vals.relu()
             x_hat = sparse_decode(rows, cols, vals, self.W_dec, self.b_dec, n)
         else:
@@ -121,7 +122,8 @@ class _TopKFamily(SAE):
             masked = pre.detach().masked_fill(~dead_mask, float("-inf"))
             rows, cols = topk_per_row(masked, aux_k)
         if sparse:
-            vals = gather_pre(sae_in, self.W_enc, self.b_enc, rows, cols, pre[rows, cols])
+            b_dec = self.b_dec if self.cfg.apply_b_dec_to_input else None
+            vals = gather_pre(x, b_dec, self.W_enc, self.b_enc, rows, cols, pre[rows, cols])
             e_hat = sparse_decode(rows, cols, vals.relu(), self.W_dec, None, n)
         else:
             vals = pre[rows, cols]
