@@ -292,15 +292,19 @@ class Trainer:
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything a resumed run needs to continue bit for bit (with the data position saved elsewhere)."""
-        return {
+        """Everything a resumed run needs to continue bit for bit (with the data position saved elsewhere).
+
+        A deep copy: the optimiser's state_dict holds the live moment tensors, and a loader on the
+        same device would share them otherwise.
+        """
+        return copy.deepcopy({
             "step": self.step_count, "tokens": self.tokens, "scales": dict(self.scales),
             "initialized": self.initialized, "dead_window": self.dead_window,
             "saes": {t.name: t.sae.state_dict() for t in self.targets},
             "extra": {t.name: t.sae.extra_state() for t in self.targets},
             "opts": {n: o.state_dict() for n, o in self.opts.items()},
-            "since_fired": {n: c.clone() for n, c in self.since_fired.items()},
-        }
+            "since_fired": dict(self.since_fired),
+        })
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore ``state_dict()`` output into SAEs built with the same targets.

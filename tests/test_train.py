@@ -1,0 +1,284 @@
+"""Online training: schedule, trainer properties on synthetic data, the live stream, and the CLI on a tiny model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+
+import pytest
+import torch
+
+from sae_hooks.sae import load_sae, make_sae
+from sae_hooks.trainer import Target, TrainConfig, Trainer, default_dead_window, held_out_metrics, lr_factor
+
+
+# ---- schedule and config ------------------------------------------------------------------
+
+
+def test_lr_schedule_warms_up_then_decays_to_final_fraction():
+    cfg = TrainConfig(warmup_frac=0.1, final_lr_frac=0.1)
+    f = [lr_factor(s, 100, cfg) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[9:], f[10:]))  # monotone decay after warm-up
+    assert f[-1] == pytest.approx(0.1)
+    assert all(lr_factor(s, 100, TrainConfig(decay="constant", warmup_frac=0.0)) == 1.0 for s in range(100))
+
+
+@pytest.mark.parametrize("field,value", [("lr", 0.0), ("decay", "step"), ("warmup_frac", 1.5), ("b_dec_init", "x"),
+                                         ("dead_window_tokens", 0), ("autocast", "int8")])
+def test_config_errors_name_the_field(field, value):
+    with pytest.raises(ValueError, match=f"TrainConfig.{field}"):
+        TrainConfig(**{field: value})
+
+
+def test_dead_window_scales_with_the_run():
+    assert default_dead_window(400_000) == 20_000
+    assert default_dead_window(10**10) == 10_000_000
+
+
+# ---- trainer on synthetic data -------------------------------------------------------------
+
+
+def _synthetic(n, d=32, n_feat=96, seed=0, scale=7.0):
+    g = torch.Generator().manual_seed(seed)
+    dirs = torch.randn(n_feat, d, generator=g)
+    dirs /= dirs.norm(dim=-1, keepdim=True)
+    codes = (torch.rand(n, n_feat, generator=g) < 0.05) * torch.rand(n, n_feat, generator=g)
+    return (codes @ dirs) * scale + 3.0  # an offset and a non-unit scale, which the trainer must absorb
+
+
+def _trainer(arch="topk", steps=60, **cfg):
+    sae = make_sae(arch, 32, 128, k=6, seed=0)
+    t = Trainer([Target("s", "h", sae)], TrainConfig(lr=cfg.pop("lr", 3e-3), **cfg), total_steps=steps,
+                total_tokens=steps * 256)
+    return t, sae
+
+
+def test_training_reduces_fvu_and_export_takes_raw_activations():
+    x = _synthetic(256 * 60)
+    held = _synthetic(2048, seed=1)
+    t, sae = _trainer()
+    before = held_out_metrics(t.export()["s"], held)["fvu"]
+    for batch in x.split(256):
+        stats = t.step({"h": batch})
+    after = held_out_metrics(t.export()["s"], held)
+    assert after["fvu"] < 0.5 * before and after["l0"] <= 6
+    s = t.scales["h"]
+    assert s != 1.0
+    # The exported SAE on raw x gives the trained SAE's codes on scaled x, and x_hat in raw units.
+    exp = t.export()["s"]
+    torch.testing.assert_close(exp.encode(held[:64]), sae.encode(held[:64] * s), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(exp(held[:64]).x_hat, sae(held[:64] * s).x_hat / s, rtol=1e-4, atol=1e-4)
+    assert set(stats["s"].parts) >= {"mse"} and stats["s"].l0 <= 6
+
+
+def test_dead_latents_are_counted_in_tokens_and_fed_to_auxk():
+    t, sae = _trainer(steps=10, dead_window_tokens=512)
+    x = _synthetic(2560)
+    with torch.no_grad():
+        sae.b_enc[:64] = -1e4  # latents 0..63 can never fire
+    seen = []
+    for batch in x.split(256):
+        seen.append(t.step({"h": batch})["s"])
+    assert (t.since_fired["s"][:64] >= 512).all()
+    assert seen[-1].dead_frac >= 0.5 and "auxk" in seen[-1].parts
+    assert seen[0].dead_frac == 0.0 and "auxk" not in seen[0].parts
+
+
+def test_several_saes_share_a_batch_and_stay_independent():
+    x = _synthetic(1024)
+    a = make_sae("topk", 32, 128, k=6, seed=0)
+    b = make_sae("topk", 32, 128, k=6, seed=0)
+    c = make_sae("matching_pursuit", 32, 64, k=6, seed=1)
+    multi = Trainer([Target("a", "h", a), Target("c", "h", c)], TrainConfig(), total_steps=4, total_tokens=1024)
+    alone = Trainer([Target("b", "h", b)], TrainConfig(), total_steps=4, total_tokens=1024)
+    for batch in x.split(256):
+        multi.step({"h": batch})
+        alone.step({"h": batch})
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_width_mismatch_names_both_widths():
+    t, _ = _trainer()
+    with pytest.raises(ValueError, match=r"d_in=32.*width 48"):
+        t.step({"h": torch.randn(16, 48)})
+    with pytest.raises(ValueError, match="absent"):
+        t.step({"other": torch.randn(16, 32)})
+
+
+def test_state_dict_roundtrip_continues_identically():
+    x = _synthetic(256 * 8)
+    t1, s1 = _trainer(steps=8)
+    for batch in x.split(256)[:4]:
+        t1.step({"h": batch})
+    state = t1.state_dict()
+    t2, s2 = _trainer(steps=8)
+    t2.load_state_dict(state)
+    for batch in x.split(256)[4:]:
+        t1.step({"h": batch})
+        t2.step({"h": batch})
+    for p, q in zip(s1.parameters(), s2.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_held_out_metrics_perfect_reconstruction():
+    sae = make_sae("topk", 8, 8, k=8, seed=0)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.eye(8))
+        sae.W_dec.copy_(torch.eye(8))
+    x = torch.rand(100, 8) + 0.1
+    m = held_out_metrics(sae, x)
+    assert m["fvu"] < 1e-10 and m["l0"] == 8 and m["dead_frac"] == 0
+
+
+# ---- live stream ---------------------------------------------------------------------------
+
+
+def test_stream_keeps_masked_rows_in_fp32(tiny_hf, tiny_ids):
+    from sae_hooks.activations import stream_activations
+    from sae_hooks.data import TokenBatch
+
+    ids = tiny_ids if tiny_ids.dim() == 2 else tiny_ids[None]
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    mask[:, 0] = False
+    out = list(stream_activations(tiny_hf, ["resid_post.1", "resid_post.0"], [TokenBatch(ids, mask)] * 2,
+                                  world_size=2, start_sequences=10))
+    ref = tiny_hf.capture(ids, ["resid_post.1"])["resid_post.1"][mask]
+    assert out[0].acts["resid_post.1"].dtype == torch.float32 and out[0].tokens == int(mask.sum())
+    torch.testing.assert_close(out[0].acts["resid_post.1"], ref.float())
+    assert [b.sequences for b in out] == [10 + 2 * ids.shape[0], 10 + 4 * ids.shape[0]]
+
+
+class _NaNAdapter:
+    def canonical(self, h):
+        return h
+
+    def capture(self, ids, names, stop=True):
+        x = torch.randn(*ids.shape, 4)
+        x[0, 1] = float("nan")
+        return {n: x for n in names}
+
+
+def test_nonfinite_rows_skipped_with_count_or_raise():
+    from sae_hooks.activations import NonFiniteActivations, stream_activations
+    from sae_hooks.data import TokenBatch
+
+    ids = torch.zeros(50, 8, dtype=torch.long)
+    batch = TokenBatch(ids, torch.ones_like(ids, dtype=torch.bool))
+    with pytest.warns(UserWarning, match="Skipping 1 NaN"):
+        b = next(stream_activations(_NaNAdapter(), ["h"], [batch]))
+    assert b.nonfinite_rows == 1 and b.tokens == 399 and torch.isfinite(b.acts["h"]).all()
+    with pytest.raises(NonFiniteActivations, match="nonfinite='skip'"):
+        next(stream_activations(_NaNAdapter(), ["h"], [batch], nonfinite="raise"))
+    small = TokenBatch(ids[:2], torch.ones(2, 8, dtype=torch.bool))
+    with pytest.raises(NonFiniteActivations, match="max_skip_frac"):
+        next(stream_activations(_NaNAdapter(), ["h"], [small]))
+
+
+# ---- the CLI on a tiny model ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_env(tmp_path_factory, tiny_tokenizer):
+    from tests.conftest import make_tiny
+
+    root = tmp_path_factory.mktemp("tiny_train")
+    model_dir = root / "model"
+    make_tiny("llama").save_pretrained(model_dir)
+    tiny_tokenizer.save_pretrained(model_dir)
+    rng = random.Random(0)
+    corpus = root / "corpus.txt"
+    paras = [" ".join(f"w{rng.randrange(29, 128)}" for _ in range(rng.randrange(20, 80))) for _ in range(150)]
+    corpus.write_text("\n\n".join(paras))
+    return {"model": str(model_dir), "corpus": str(corpus), "root": root}
+
+
+def train_args(env, out, *extra):
+    from sae_hooks.cli import train
+
+    p = argparse.ArgumentParser()
+    train.add_arguments(p)
+    p.add_argument("--json", action="store_true")
+    return p.parse_args(["--model", env["model"], "--corpus", env["corpus"], "--ctx", "32", "--batch-tokens", "256",
+                         "--tokens", "8192", "--d-sae", "128", "--k", "4", "--dtype", "fp32", "--eval-tokens", "1024",
+                         "--eval-ce-tokens", "256", "--eval-every", "10", "--checkpoint-every", "8", "--progress", "off",
+                         "--out", str(out), "--json", *extra, *([] if "--hook" in extra or "--sae" in extra
+                                                                 else ["--hook", "resid_post.1"])])
+
+
+def test_cli_writes_a_complete_run_folder(tiny_env, tmp_path):
+    from sae_hooks.cli.train import execute
+
+    out = tmp_path / "run"
+    r = execute(train_args(tiny_env, out, "--arch", "topk", "--arch", "matching_pursuit", "--hook", "resid_post.0",
+                           "--hook", "resid_post.1", "--tokens", "4096", "--eval-every", "8", "--checkpoint-every", "4"))
+    names = sorted(s["name"] for s in r["saes"])
+    assert names == ["matching_pursuit_resid_post.0", "matching_pursuit_resid_post.1", "topk_resid_post.0",
+                     "topk_resid_post.1"]
+    for key in ("tokens_per_s", "tokens", "seconds"):
+        assert r[key] > 0
+    assert r["steps"] == math.ceil(4096 // 32 / 8)
+    for s in r["saes"]:
+        assert 0 <= s["fvu"] < 1.5 and s["l0"] <= 4 + 1e-6 and 0 <= s["dead_frac"] <= 1 and "recaptured_zero" in s
+        sae = load_sae(s["path"])
+        assert sae.metadata["hook_name"] == f"blocks.{s['hook'][-1]}.hook_resid_post"
+    for f in ("run.json", "metrics.json", "summary.txt", "curves.png", "metrics.jsonl"):
+        assert (out / f).is_file(), f
+    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(log) == r["steps"] and any("eval/topk_resid_post.1/fvu" in rec for rec in log)
+    assert (out / "checkpoints").is_dir()
+
+
+def test_cli_refuses_a_folder_holding_another_run(tiny_env, tmp_path):
+    from sae_hooks.cli.train import execute
+
+    out = tmp_path / "run"
+    execute(train_args(tiny_env, out, "--tokens", "2048"))
+    with pytest.raises(ValueError, match="already holds another run.*--resume.*--overwrite"):
+        execute(train_args(tiny_env, out, "--tokens", "2048"))
+    with pytest.raises(ValueError, match="other settings.*tokens"):
+        execute(train_args(tiny_env, out, "--tokens", "4096", "--resume"))
+    r = execute(train_args(tiny_env, out, "--tokens", "4096", "--overwrite"))
+    assert r["tokens"] > 2048
+
+
+def test_cli_too_many_tokens_needs_cycle(tiny_env, tmp_path):
+    from sae_hooks.cli.train import execute
+    from sae_hooks.data import CorpusError
+
+    with pytest.raises(CorpusError, match="cycle"):
+        execute(train_args(tiny_env, tmp_path / "a", "--tokens", "400000", "--eval-every", "0"))
+    r = execute(train_args(tiny_env, tmp_path / "b", "--tokens", "16384", "--cycle", "--eval-every", "0",
+                           "--checkpoint-every", "0", "--eval-ce-tokens", "0"))
+    assert r["tokens"] > 12000
+
+
+def test_cli_bad_sae_spec_and_arch(tiny_env, tmp_path):
+    from sae_hooks.cli.train import execute
+
+    with pytest.raises(ValueError, match="ARCH:HOOK"):
+        execute(train_args(tiny_env, tmp_path / "a", "--sae", "topk"))
+    with pytest.raises(ValueError, match="Unknown SAE architecture 'tpk'"):
+        execute(train_args(tiny_env, tmp_path / "b", "--arch", "tpk"))
+    with pytest.raises(ValueError, match="no option"):
+        execute(train_args(tiny_env, tmp_path / "c", "--sae", "topk:resid_post.1:kk=3"))
+
+
+@pytest.mark.slow
+def test_real_model_short_run(tmp_path):
+    """End to end on SmolLM2 at the default hook: a short run already explains most variance."""
+    from sae_hooks.cli import train
+    from sae_hooks.cli.train import execute
+
+    p = argparse.ArgumentParser()
+    train.add_arguments(p)
+    p.add_argument("--json", action="store_true")
+    r = execute(p.parse_args(["--tokens", "16384", "--d-sae", "1152", "--eval-tokens", "2048", "--eval-ce-tokens", "512",
+                              "--eval-every", "0", "--progress", "off", "--out", str(tmp_path / "run"), "--json"]))
+    s = r["saes"][0]
+    assert s["hook"] == "resid_post.6" and s["arch"] == "topk" and s["l0"] == pytest.approx(32)
+    assert s["fvu"] < 0.9 and s["dead_frac"] < 0.5
+    assert 1.0 < s["ce_clean"] < 4.0 and s["recaptured_zero"] > 0.0
