@@ -191,7 +191,7 @@ def tiny_env(tmp_path_factory, tiny_tokenizer):
     tiny_tokenizer.save_pretrained(model_dir)
     rng = random.Random(0)
     corpus = root / "corpus.txt"
-    paras = [" ".join(f"w{rng.randrange(29, 128)}" for _ in range(rng.randrange(20, 80))) for _ in range(150)]
+    paras = [" ".join(f"w{rng.randrange(29, 128)}" for _ in range(rng.randrange(20, 80))) for _ in range(400)]
     corpus.write_text("\n\n".join(paras))
     return {"model": str(model_dir), "corpus": str(corpus), "root": root}
 
@@ -202,11 +202,15 @@ def train_args(env, out, *extra):
     p = argparse.ArgumentParser()
     train.add_arguments(p)
     p.add_argument("--json", action="store_true")
-    return p.parse_args(["--model", env["model"], "--corpus", env["corpus"], "--ctx", "32", "--batch-tokens", "256",
-                         "--tokens", "8192", "--d-sae", "128", "--k", "4", "--dtype", "fp32", "--eval-tokens", "1024",
+    return p.parse_args(train_argv(env, out, *extra))
+
+
+def train_argv(env, out, *extra):
+    return ["--model", env["model"], "--corpus", env["corpus"], "--ctx", "32", "--batch-tokens", "256",
+                         "--tokens", "8192", "--d-sae", "128", "--k", "4", "--dtype", "fp32", "--eval-tokens", "256",
                          "--eval-ce-tokens", "256", "--eval-every", "10", "--checkpoint-every", "8", "--progress", "off",
                          "--out", str(out), "--json", *extra, *([] if "--hook" in extra or "--sae" in extra
-                                                                 else ["--hook", "resid_post.1"])])
+                                                                 else ["--hook", "resid_post.1"])]
 
 
 def test_cli_writes_a_complete_run_folder(tiny_env, tmp_path):
@@ -251,9 +255,9 @@ def test_cli_too_many_tokens_needs_cycle(tiny_env, tmp_path):
 
     with pytest.raises(CorpusError, match="cycle"):
         execute(train_args(tiny_env, tmp_path / "a", "--tokens", "400000", "--eval-every", "0"))
-    r = execute(train_args(tiny_env, tmp_path / "b", "--tokens", "16384", "--cycle", "--eval-every", "0",
+    r = execute(train_args(tiny_env, tmp_path / "b", "--tokens", "32768", "--cycle", "--eval-every", "0",
                            "--checkpoint-every", "0", "--eval-ce-tokens", "0"))
-    assert r["tokens"] > 12000
+    assert r["tokens"] > 30000
 
 
 def test_cli_bad_sae_spec_and_arch(tiny_env, tmp_path):
