@@ -333,8 +333,11 @@ def _execute(args: argparse.Namespace, dist, on_step) -> dict:
             "hook": t.hook, "steps": trainer.step_count, "tokens": trainer.tokens, "input_scale": trainer.scales[t.hook],
             "lr": args.lr, "dead_window_tokens": trainer.dead_window}})
         m = final["saes"][t.name]
+        # since_fired == all tokens trained on: the latent never fired during the whole run.
+        never = float((trainer.since_fired[t.name] >= trainer.tokens).float().mean())
         result_saes.append({"name": t.name, "path": str(path), "hook": t.hook, "arch": t.sae.architecture,
-                            "d_sae": t.sae.cfg.d_sae, **m})
+                            "d_sae": t.sae.cfg.d_sae, **m, "train_never_fired_frac": never,
+                            "train_dead_frac": float((trainer.since_fired[t.name] >= trainer.dead_window).float().mean())})
     result = {
         "out": str(out), "model": args.model, "tokens": trainer.tokens, "trained_tokens_this_session": trained,
         "steps": trainer.step_count, "seconds": round(train_s, 2), "eval_seconds": round(eval_s, 2),
