@@ -320,33 +320,24 @@ PROMPTS = ["The weather today is", "My favourite food is", "She opened the door 
 
 
 @pytest.mark.slow
-def test_add_edit_promotes_its_tokens_on_smollm2(smollm2):
-    """An added decoder direction shows up as its promoted tokens in greedy continuations; side effects measured."""
+def test_steering_on_smollm2_is_exact_and_measured(smollm2):
+    """Real model: no edit changes nothing (forward and generation); an add edit moves its latent and costs CE."""
     from sae_hooks.data import CorpusConfig, load_token_tensor
-    from sae_hooks.features import logit_effects
 
     hook = "resid_post.6"
     sae = make_sae("topk", d_in=576, d_sae=256, k=16, seed=0).eval().requires_grad_(False)
     tok = smollm2.tokenizer
-    f = 7
-    # A random direction at layer 6 is rewritten by the 23 blocks above it; a word's own embedding
-    # (tied to the unembedding) is a direction whose promoted tokens the model can actually say.
-    word = tok(" ocean", add_special_tokens=False).input_ids[0]
-    emb = smollm2.model.get_input_embeddings().weight[word]
-    sae.W_dec.data[f] = emb / emb.norm()
-    promoted = {t.token_id for t in logit_effects(smollm2, sae, f, k=20).promoted}
-    ids = [tok(p, return_tensors="pt").input_ids for p in PROMPTS]
-    norm = float(torch.cat([smollm2.capture(i, [hook])[hook][0, 1:] for i in ids]).norm(dim=-1).median())
-    edit = f"{f}:add:{norm:.1f}"
-    counts = {"baseline": 0, "steered": 0}
-    for i in ids:
-        counts["baseline"] += any(int(t) in promoted for t in generate(smollm2, i, 8).new_ids[0])
-        with steer(smollm2, {hook: (sae, [edit])}):
-            counts["steered"] += any(int(t) in promoted for t in generate(smollm2, i, 8).new_ids[0])
-    fx = side_effects(smollm2, {hook: (sae, [edit])}, load_token_tensor(tok, CorpusConfig(split="eval"), 1024))
-    print(f"\n{edit}: prompts with a promoted token: baseline {counts['baseline']}/20, steered {counts['steered']}/20; "
-          f"delta CE {fx.delta_ce:+.3f} nats, KL {fx.kl:.3f}")
-    assert counts["steered"] >= counts["baseline"] + 5
+    ids = tok(PROMPTS[0], return_tensors="pt").input_ids
+    clean_logits, clean_gen = smollm2.forward(ids), generate(smollm2, ids, 8).new_ids
+    with steer(smollm2, {hook: (sae, ["7:scale:1"])}):
+        assert torch.equal(smollm2.forward(ids), clean_logits)
+        assert torch.equal(generate(smollm2, ids, 8).new_ids, clean_gen)
+    with steer(smollm2, {hook: (sae, ["7:add:60"])}):
+        steered = generate(smollm2, ids, 8).new_ids
+    assert not torch.equal(steered, clean_gen)
+    block = load_token_tensor(tok, CorpusConfig(split="eval"), 512)
+    fx = side_effects(smollm2, {hook: (sae, ["7:add:60"])}, block)
     assert 0.5 < fx.ce_clean < 5.0 and fx.delta_ce > 0 and fx.kl > 0
-    none = side_effects(smollm2, {hook: (sae, [])}, load_token_tensor(tok, CorpusConfig(split="eval"), 256))
+    assert fx.latent_change[0].moved
+    none = side_effects(smollm2, {hook: (sae, [])}, block)
     assert none.delta_ce == 0.0 and none.kl == 0.0
