@@ -12,7 +12,10 @@ import torch
 pytestmark = pytest.mark.tl3
 
 tl = pytest.importorskip("transformer_lens")
-HookedTransformer = getattr(tl, "HookedTransformer", None)
+try:  # TL 4.x raises ImportError (not AttributeError) for the removed class
+    HookedTransformer = tl.HookedTransformer
+except (ImportError, AttributeError):
+    HookedTransformer = None
 if HookedTransformer is None:
     pytest.skip(f"TransformerLens {getattr(tl, '__version__', '?')} has no HookedTransformer", allow_module_level=True)
 

@@ -14,7 +14,9 @@ pytestmark = pytest.mark.saelens
 
 sae_lens = pytest.importorskip("sae_lens")
 tl = pytest.importorskip("transformer_lens")
-if getattr(tl, "HookedTransformer", None) is None:
+try:  # TL 4.x raises ImportError for the removed class
+    tl.HookedTransformer
+except (ImportError, AttributeError):
     pytest.skip("needs TransformerLens 3.x HookedTransformer", allow_module_level=True)
 
 from sae_lens.evals import get_recons_loss  # noqa: E402
