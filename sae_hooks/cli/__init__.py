@@ -29,13 +29,23 @@ def _module(name: str):
     return importlib.import_module(f"{__name__}.{COMMANDS[name]}")
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default, unless its help already says it or the default is None/False."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "(default:" in text or action.default in (None, False) or action.default is argparse.SUPPRESS:
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sae-hooks", description="Attach sparse autoencoders to live language models.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         mod = _module(name)
         p = sub.add_parser(name, help=mod.HELP, description=mod.HELP,
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=_Help)
         mod.add_arguments(p)
         p.add_argument("--json", action="store_true", help="print one JSON object as the last line of output")
     return parser
@@ -53,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     # Build only the chosen subcommand's parser.
     mod = _module(argv[0])
     p = argparse.ArgumentParser(prog=f"sae-hooks {argv[0]}", description=mod.HELP,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=_Help)
     mod.add_arguments(p)
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line of output")
     args = p.parse_args(argv[1:])
