@@ -3,7 +3,7 @@
     >>> import sae_hooks
     >>> adapter = sae_hooks.load_model()                         # embedded SmolLM2-135M, offline
     >>> acts = adapter.capture(ids, ["resid_post.6"])           # stops after block 6
-    >>> sae = sae_hooks.load_sae("runs/x/topk_resid_post.6")    # SAELens layout (or sparsify)
+    >>> sae = sae_hooks.load_sae("runs/x/saes/topk_resid_post.6")    # SAELens layout (or sparsify)
     >>> with sae_hooks.splice(adapter, {"resid_post.6": sae}, input_ids=ids):
     ...     logits = adapter.forward(ids)
     >>> report = sae_hooks.evaluate(adapter, sae, held_out)      # CE, recaptured, KL, FVU, L0
