@@ -26,6 +26,7 @@ SmolLM2 (residual norms ~23,000) that no SAE is trained on.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -191,6 +192,12 @@ class SteerConfig:
             raise ValueError(f"prompt_len={self.prompt_len!r}; it must be None or an int >= 1.")
 
 
+# Prompt length of the ``generate`` call in progress (None outside one). Lets the position counters
+# tell prompt from generated positions when a backend reruns the whole sequence at every step.
+_GENERATING_PROMPT_LEN: contextvars.ContextVar[int | None] = contextvars.ContextVar("_GENERATING_PROMPT_LEN",
+                                                                                  default=None)
+
+
 class _PositionCounter:
     """Absolute positions of the tokens one hook sees, across the forwards of a generation.
 
@@ -242,6 +249,8 @@ class Steering:
         pos = torch.arange(start, start + t, device=device)
         if self.cfg.prompt_len is not None:
             prompt = self.cfg.prompt_len
+        elif _GENERATING_PROMPT_LEN.get() is not None:
+            prompt = _GENERATING_PROMPT_LEN.get()
         keep = pos >= self.cfg.exclude_first
         if self.cfg.positions == "prompt":
             keep &= pos < prompt
@@ -348,15 +357,25 @@ def generate(
                          f"{limit} positions; shorten the prompt or lower max_new_tokens.")
     tok = adapter.tokenizer
     eos = getattr(tok, "eos_token_id", None) if tok is not None else None
-    with torch.random.fork_rng(devices=[ids.device] if ids.device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        if adapter.backend == "hf":
-            out = _generate_hf(adapter, ids, max_new_tokens, sample, temperature, eos if stop_at_eos else None, use_cache)
-        else:
-            out = adapter.model.generate(
-                ids, max_new_tokens=max_new_tokens, do_sample=sample, temperature=float(temperature),
-                top_k=None, top_p=None, stop_at_eos=stop_at_eos and eos is not None, eos_token_id=eos,
-                use_past_kv_cache=use_cache, verbose=False, return_type="tokens")
+    token = _GENERATING_PROMPT_LEN.set(ids.shape[1])
+    try:
+        with torch.random.fork_rng(devices=[ids.device] if ids.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            if adapter.backend == "hf":
+                out = _generate_hf(adapter, ids, max_new_tokens, sample, temperature, eos if stop_at_eos else None,
+                                   use_cache)
+            else:
+                # TransformerLens 4.3's bridge reads the KV cache from a `past_key_values` kwarg that
+                # transformers >= 5.2x passes as `cache=`: its cached decoding then attends to the new token
+                # alone (measured: greedy tokens differ from full reruns even with no hook). Rerun the
+                # whole sequence at each step instead; HookedTransformer (TL 3.x) keeps its own cache.
+                cached = use_cache and type(adapter.model).__name__ != "TransformerBridge"
+                out = adapter.model.generate(
+                    ids, max_new_tokens=max_new_tokens, do_sample=sample, temperature=float(temperature),
+                    top_k=None, top_p=None, stop_at_eos=stop_at_eos and eos is not None, eos_token_id=eos,
+                    use_past_kv_cache=cached, verbose=False, return_type="tokens")
+    finally:
+        _GENERATING_PROMPT_LEN.reset(token)
     out = out.to(ids.device)
     new = out[:, ids.shape[1]:]
     texts = []
