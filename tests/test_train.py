@@ -254,9 +254,10 @@ def test_cli_too_many_tokens_needs_cycle(tiny_env, tmp_path):
     from sae_hooks.data import CorpusError
 
     with pytest.raises(CorpusError, match="cycle"):
-        execute(train_args(tiny_env, tmp_path / "a", "--tokens", "400000", "--eval-every", "0"))
+        execute(train_args(tiny_env, tmp_path / "a", "--tokens", "400000", "--eval-every", "0",
+                           "--batch-tokens", "4096", "--checkpoint-every", "0"))
     r = execute(train_args(tiny_env, tmp_path / "b", "--tokens", "32768", "--cycle", "--eval-every", "0",
-                           "--checkpoint-every", "0", "--eval-ce-tokens", "0"))
+                           "--checkpoint-every", "0", "--eval-ce-tokens", "0", "--batch-tokens", "4096"))
     assert r["tokens"] > 30000
 
 
