@@ -253,9 +253,14 @@ def test_cli_too_many_tokens_needs_cycle(tiny_env, tmp_path):
     from sae_hooks.cli.train import execute
     from sae_hooks.data import CorpusError
 
-    with pytest.raises(CorpusError, match="cycle"):
+    with pytest.raises(CorpusError, match="cycle") as err:
         execute(train_args(tiny_env, tmp_path / "a", "--tokens", "400000", "--eval-every", "0",
                            "--batch-tokens", "4096", "--checkpoint-every", "0"))
+    assert "saved" in str(err.value)  # stopped cleanly: what was trained is kept
+    from sae_hooks.sae import load_sae
+    saved = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert 0 < saved["tokens"] < 400000
+    assert load_sae(saved["saes"][0]["path"]).cfg.d_sae == 128
     r = execute(train_args(tiny_env, tmp_path / "b", "--tokens", "32768", "--cycle", "--eval-every", "0",
                            "--checkpoint-every", "0", "--eval-ce-tokens", "0", "--batch-tokens", "4096"))
     assert r["tokens"] > 30000

@@ -207,7 +207,7 @@ def _execute(args: argparse.Namespace, dist, on_step) -> dict:
     from ..activations import stream_activations
     from ..buffer import shuffled
     from ..checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-    from ..data import CorpusConfig, iter_batches, load_token_tensor
+    from ..data import CorpusConfig, CorpusError, iter_batches, load_token_tensor
     from ..models import load_model
     from ..sae import ARCHITECTURES, make_sae
     from ..trainer import Target, TrainConfig, Trainer, held_out_metrics
@@ -283,39 +283,46 @@ def _execute(args: argparse.Namespace, dist, on_step) -> dict:
     tokens_at_start = trainer.tokens
     lm_tokens = 0
     last_stats: dict = {}
+    ran_dry: CorpusError | None = None
     with open(log_path, "a") if dist.is_main else _NullFile() as log:
-        for batch in shuffled(acts, blocks=args.mix_batches, seed=args.seed, start_block=block):
-            stats = trainer.step(batch.acts)
-            last_stats = stats
-            nonfinite_rows += batch.nonfinite_rows
-            step = trainer.step_count
-            if on_step is not None:
-                on_step(step)
-            record = {"step": step, "tokens": trainer.tokens,
-                      **{f"{n}/{k}": v for n, s in stats.items() for k, v in _stat_dict(s).items()}}
-            if args.eval_every and step % args.eval_every == 0 and step < total_steps and dist.is_main:
-                t0 = time.perf_counter()
-                record.update(_live_eval(trainer, held, adapter, args, final=False))
-                eval_s += time.perf_counter() - t0
-            if dist.is_main:
-                log.write(json.dumps(record) + "\n")
-                log.flush()
-                if wb is not None:
-                    wb.log(record, step=step)
-            if bar is not None:
-                elapsed = time.perf_counter() - t_train - eval_s
-                bar.update(1)
-                first = next(iter(stats.values()))
-                bar.set_postfix(tok_s=f"{(trainer.tokens - tokens_at_start) / max(elapsed, 1e-9):,.0f}",
-                                fvu=f"{first.fvu:.3f}", l0=f"{first.l0:.1f}", dead=f"{first.dead_frac:.2f}")
-            if batch.end_of_block and args.checkpoint_every and step - last_ckpt >= args.checkpoint_every \
-                    and step < total_steps:
+        try:
+            for batch in shuffled(acts, blocks=args.mix_batches, seed=args.seed, start_block=block):
+                stats = trainer.step(batch.acts)
+                last_stats = stats
+                nonfinite_rows += batch.nonfinite_rows
+                step = trainer.step_count
+                if on_step is not None:
+                    on_step(step)
+                record = {"step": step, "tokens": trainer.tokens,
+                          **{f"{n}/{k}": v for n, s in stats.items() for k, v in _stat_dict(s).items()}}
+                if args.eval_every and step % args.eval_every == 0 and step < total_steps and dist.is_main:
+                    t0 = time.perf_counter()
+                    record.update(_live_eval(trainer, held, adapter, args, final=False))
+                    eval_s += time.perf_counter() - t0
                 if dist.is_main:
-                    save_checkpoint(out / "checkpoints", step,
-                                    {"trainer": trainer.state_dict(), "sequences": batch.sequences,
-                                     "block": batch.block, "rng": rng_state(), "settings": settings},
-                                    keep=args.keep_checkpoints)
-                last_ckpt = step
+                    log.write(json.dumps(record) + "\n")
+                    log.flush()
+                    if wb is not None:
+                        wb.log(record, step=step)
+                if bar is not None:
+                    elapsed = time.perf_counter() - t_train - eval_s
+                    bar.update(1)
+                    first = next(iter(stats.values()))
+                    bar.set_postfix(tok_s=f"{(trainer.tokens - tokens_at_start) / max(elapsed, 1e-9):,.0f}",
+                                    fvu=f"{first.fvu:.3f}", l0=f"{first.l0:.1f}", dead=f"{first.dead_frac:.2f}")
+                if batch.end_of_block and args.checkpoint_every and step - last_ckpt >= args.checkpoint_every \
+                        and step < total_steps:
+                    if dist.is_main:
+                        save_checkpoint(out / "checkpoints", step,
+                                        {"trainer": trainer.state_dict(), "sequences": batch.sequences,
+                                         "block": batch.block, "rng": rng_state(), "settings": settings},
+                                        keep=args.keep_checkpoints)
+                    last_ckpt = step
+        except CorpusError as e:
+            # The corpus ran dry before --tokens: keep what was trained (exported below), then say so.
+            ran_dry = e
+    if ran_dry is not None and trainer.step_count == 0:
+        raise ran_dry
     train_s = time.perf_counter() - t_train - eval_s
     if bar is not None:
         bar.close()
@@ -354,6 +361,9 @@ def _execute(args: argparse.Namespace, dist, on_step) -> dict:
     if wb is not None:
         wb.log({f"final/{s['name']}/{k}": v for s in result_saes for k, v in s.items() if isinstance(v, (int, float))})
         wb.finish()
+    if ran_dry is not None:
+        raise CorpusError(f"{ran_dry} Stopped after {trainer.tokens:,} tokens; the SAEs trained so far are saved "
+                          f"in {out / 'saes'} (metrics.json has their held-out scores).")
     if not args.json:
         print(_summary(result))
     return result
