@@ -119,8 +119,10 @@ class _TopKFamily(SAE):
         n = x.shape[0]
         e = (x - f["x_hat"]).detach()  # the residual the dead latents should explain
         with torch.no_grad():
-            masked = pre.detach().masked_fill(~dead_mask, float("-inf"))
-            rows, cols = topk_per_row(masked, aux_k)
+            # Top aux_k among the dead columns only (a gather of n_dead columns, not a masked copy of all).
+            dead_idx = dead_mask.nonzero().squeeze(1)
+            rows, local = topk_per_row(pre.detach().index_select(1, dead_idx), aux_k)
+            cols = dead_idx[local]
         if sparse:
             b_dec = self.b_dec if self.cfg.apply_b_dec_to_input else None
             vals = gather_pre(x, b_dec, self.W_enc, self.b_enc, rows, cols, pre[rows, cols])
