@@ -104,7 +104,8 @@ def gather_pre(
     """
     with torch.no_grad():
         sae_in = x - b_dec if b_dec is not None else x
-    return _GatherPre.apply(x, b_dec, W_enc, b_enc, rows, cols, pre_vals.detach(), sae_in.detach())
+    # Under autocast the dense product (pre) may be bf16/fp16; the sparse path stays in W_enc's dtype.
+    return _GatherPre.apply(x, b_dec, W_enc, b_enc, rows, cols, pre_vals.detach().to(W_enc.dtype), sae_in.detach())
 
 
 def _csr_by_latent(rows: Tensor, cols: Tensor, vals: Tensor, d_sae: int, n_rows: int) -> Tensor:
