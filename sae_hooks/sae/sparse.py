@@ -43,6 +43,11 @@ def sorted_ints(values: Int[Tensor, " n"]) -> Int[Tensor, " n"]:
     return torch.from_numpy(np.sort(values.numpy()))
 
 
+# PyTorch warns once per process that CSR tensors are "in beta"; we use only CSR @ dense and
+# sampled_addmm. Silence exactly that message, where a CSR tensor is built, nothing else.
+_CSR_BETA = "Sparse CSR tensor support is in beta state"
+
+
 def row_offsets(rows: Int[Tensor, " nnz"], n_rows: int) -> Int[Tensor, " n_rows"]:
     """Start offset of each token's run in `rows` (which must be sorted)."""
     counts = torch.bincount(rows, minlength=n_rows)
@@ -113,9 +118,10 @@ def _csr_by_latent(rows: Tensor, cols: Tensor, vals: Tensor, d_sae: int, n_rows:
     order = stable_argsort(cols, d_sae)  # stable: rows stay sorted within each latent
     crow = torch.zeros(d_sae + 1, dtype=torch.long, device=vals.device)
     crow[1:] = torch.cumsum(torch.bincount(cols, minlength=d_sae), 0)
-    with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(crow, rows[order], vals[order], (d_sae, n_rows))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_CSR_BETA, category=UserWarning)
+        return torch.sparse_csr_tensor(crow, rows[order], vals[order], (d_sae, n_rows),
+                                       check_invariants=False)  # valid by construction
 
 
 class _SparseDecode(torch.autograd.Function):
@@ -141,8 +147,9 @@ class _SparseDecode(torch.autograd.Function):
             # SDDMM: (g @ W_decᵀ) sampled at the active (row, col) entries, one fused kernel.
             crow = torch.cat([row_offsets(rows, ctx.n_rows), rows.new_tensor([rows.numel()])])
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                pattern = torch.sparse_csr_tensor(crow, cols, torch.zeros_like(vals), (ctx.n_rows, W_dec.shape[0]))
+                warnings.filterwarnings("ignore", message=_CSR_BETA, category=UserWarning)
+                pattern = torch.sparse_csr_tensor(crow, cols, torch.zeros_like(vals), (ctx.n_rows, W_dec.shape[0]),
+                                                  check_invariants=False)
                 grad_vals = torch.sparse.sampled_addmm(pattern, g, W_dec.detach().T, beta=0.0).values()
         if ctx.needs_input_grad[3]:
             grad_W = _csr_by_latent(rows, cols, vals.detach(), W_dec.shape[0], ctx.n_rows) @ g
