@@ -5,6 +5,11 @@ dictionary, ReLU selection, 2 threads; median of --repeats runs. Needs sae_lens,
 it with the second venv (our package importable via `pip install --no-deps -e .`):
 
     .venv-saelens/bin/python bench/mp_encode.py
+
+`--train-step` instead times one MP-SAE training step (Gram rebuild, pursuit, backward,
+Adam, renormalisation) next to a TopK step on the same batch; it needs no sae_lens:
+
+    .venv/bin/python bench/mp_encode.py --train-step
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sae_hooks.sae import make_sae  # noqa: E402
 from sae_hooks.sae.mp import matching_pursuit, padded_gram  # noqa: E402
 
 
@@ -32,6 +38,41 @@ def _median_time(fn, repeats: int) -> tuple[float, object]:
     return statistics.median(times), out
 
 
+def train_step(args: argparse.Namespace) -> None:
+    """Median time of each part of an MP training step, and of a whole TopK step."""
+    g = torch.Generator().manual_seed(1)  # not 0: make_sae(seed=0) draws its dictionary from 0
+    x = torch.randn(args.batch, args.d_in, generator=g)
+
+    def parts(arch: str) -> list[float]:
+        sae = make_sae(arch, args.d_in, args.d_sae, k=args.k, seed=0)
+        opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
+        rows = []
+        for _ in range(args.repeats + 1):  # the first step warms up
+            t0 = time.perf_counter()
+            if arch == "matching_pursuit":
+                sae.gram()  # rebuilt: the last step changed W_dec
+            t1 = time.perf_counter()
+            out = sae.training_loss(x)
+            t2 = time.perf_counter()
+            out.loss.backward()
+            t3 = time.perf_counter()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            sae.after_step()
+            t4 = time.perf_counter()
+            rows.append([t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0])
+        return [statistics.median(col) for col in zip(*rows[1:])]
+
+    mp, topk = parts("matching_pursuit"), parts("topk")
+    print(f"Train step: batch {args.batch}, {args.d_in}->{args.d_sae}, k={args.k}, "
+          f"{args.threads} threads, median of {args.repeats}")
+    print(f"{'':12s}{'Gram':>8s}{'forward':>9s}{'backward':>9s}{'Adam+norm':>10s}{'total':>8s}")
+    for name, p in (("matching_pursuit", mp), ("topk", topk)):
+        print(f"{name:12s}" if len(name) <= 12 else name + "\n" + " " * 12, end="")
+        print(f"{p[0]:8.3f}{p[1]:9.3f}{p[2]:9.3f}{p[3]:10.3f}{p[4]:8.3f}")
+    print(f"MP step / TopK step: {mp[4] / topk[4]:.1f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batch", type=int, default=4096)
@@ -40,7 +81,13 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--train-step", action="store_true",
+                    help="time an MP training step (and a TopK step) instead; no sae_lens needed")
     args = ap.parse_args()
+    if args.train_step:
+        torch.set_num_threads(args.threads)
+        train_step(args)
+        return
     from sae_lens.saes.matching_pursuit_sae import _encode_matching_pursuit
 
     torch.set_num_threads(args.threads)

@@ -27,18 +27,23 @@ This encoder splits the work in two, with the same outputs forward and backward:
 from __future__ import annotations
 
 import dataclasses
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from .base import SAE, SAEConfig, TrainLoss, check_input, mse_per_token
+from .sparse import _CSR_BETA
 
 _BLOCK = 128  # argmax block width; 64–128 measured best on the 2-core CPU
 _TIE_TOL = 1e-4  # near-tie band, relative to ‖r0‖, in which Gram selections are re-checked
-_CHUNK = 256  # rows per chunk: c (256×4608 fp32 = 4.7 MB) stays in cache across steps
+_BAND_MAX = 64  # past this many near-tied atoms, a row's tie is settled by the full D r
+_CHUNK = 512  # rows per chunk: c (512×4608 fp32 = 9.4 MB) stays in the L3 cache across steps
 
 
 @dataclass(frozen=True)
@@ -92,26 +97,126 @@ class MPResult(NamedTuple):
     """‖r‖ before the first step and after every step (non-increasing); detached."""
 
 
-def _blocked_argmax(c: Tensor, block: int) -> tuple[Tensor, Tensor]:
-    """(first index of each row's maximum, gap to the runner-up); width % block == 0.
+def _argmax_rows(
+    c: Tensor, block: int, base: Tensor, tol: Tensor | None
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """(first index of each row's maximum, rows with a runner-up within `tol`, max − tol).
 
-    A fast `amax` over blocks, then an argmax inside the winning block only: ~4x
-    faster than `argmax` over the full row on this CPU. The gap flags near-ties.
+    A fast `amax` over blocks, then a max inside the winning block only: ~4x faster than
+    `argmax` over the full row on this CPU. Near-ties are counted, not ranked (no topk):
+    entries ≥ max − tol among the block maxima and inside the winning block.
+    `base` is arange(rows) · (blocks per row).
     """
-    n_rows, width = c.shape
-    n_blocks = width // block
-    blocks = c.view(n_rows, n_blocks, block)
-    block_max = blocks.amax(-1)  # [rows, n_blocks]
+    n_blocks = c.shape[1] // block
+    blocks = c.view(-1, block)  # [rows · n_blocks, block]
+    block_max = blocks.amax(-1).view(-1, n_blocks)  # [rows, n_blocks]
     best = block_max.argmax(-1)  # first block holding the maximum
-    flat = (torch.arange(n_rows, device=c.device) * n_blocks + best)
-    winner = blocks.reshape(-1, block).index_select(0, flat)  # [rows, block]
-    inner = winner.argmax(-1)
-    top = winner.topk(2, -1).values if block >= 2 else torch.cat(
-        [winner, torch.full_like(winner, float("-inf"))], -1)
-    runner_up = top[:, 1]
-    if n_blocks >= 2:
-        runner_up = torch.maximum(runner_up, block_max.topk(2, -1).values[:, 1])
-    return best * block + inner, top[:, 0] - runner_up
+    winner = blocks.index_select(0, base + best)  # [rows, block]
+    top, inner = winner.max(-1)  # max(dim) is faster than argmax here
+    j = inner.add_(best, alpha=block)
+    if tol is None:
+        return j, None, None
+    floor = (top - tol)[:, None]
+    # The maximum itself is counted twice (its block and its entry); a third hit is a tie.
+    hits = (block_max >= floor).sum(-1).add_((winner >= floor).sum(-1))
+    return j, (hits > 2).nonzero().flatten(), floor.squeeze(1)
+
+
+def _exact_choice(
+    c: Tensor, r: Tensor, D: Tensor, rows: Tensor, floor: Tensor, tol: Tensor
+) -> Tensor:
+    """The argmax of the exact D r for `rows`, among the entries of c that reach `floor`.
+
+    Entries below the band cannot be the exact maximum (the Gram drift is far smaller
+    than the band), so only the few in-band atoms are dotted with the residual; the
+    first one reaching the best exact value wins, as `max` in the reference loop picks.
+    A row with more than `_BAND_MAX` atoms in its band (its residual has become small
+    next to the band: everything ties) gets the full exact product instead; its c is
+    reset to it, so the drift restarts at the residual's scale and so does its `tol`.
+    """
+    band = c.index_select(0, rows) >= floor.index_select(0, rows)[:, None]  # [m, width]
+    m = rows.shape[0]
+    wide = (band.sum(-1) > _BAND_MAX).nonzero().flatten()
+    if wide.numel():
+        band[wide] = False
+    rr, cc = band.nonzero(as_tuple=True)  # sorted by row, then column
+    exact = (r.index_select(0, rows.index_select(0, rr)) * D.index_select(0, cc)).sum(-1)
+    best = exact.new_full((m,), float("-inf")).scatter_reduce_(0, rr, exact, "amax")
+    hit = exact == best.index_select(0, rr)
+    choice = cc.new_full((m,), c.shape[1]).scatter_reduce_(0, rr[hit], cc[hit], "amin")
+    if wide.numel():
+        full_rows = rows.index_select(0, wide)
+        full = r.index_select(0, full_rows) @ D.T  # [w, d_sae]
+        c[full_rows, : D.shape[0]] = full
+        choice[wide] = full.argmax(-1)
+        tol[full_rows] = _TIE_TOL * r.index_select(0, full_rows).norm(dim=-1)
+    return choice
+
+
+def _pursue_rows(
+    r: Tensor, D: Tensor, gram: Tensor | None, k: int, residual_threshold: float,
+    stop_dup: bool, idx: Tensor, vals: Tensor, norms: Tensor,
+) -> None:
+    """Pursue a chunk of rows in place: `r` [c, d_in] ends as the residual; fills the rest.
+
+    Values are ⟨r, D_j⟩ on the explicit residual, the reference loop's arithmetic; only the
+    correlations that choose j come from the Gram update.
+    """
+    n_rows = r.shape[0]
+    d_sae = D.shape[0]
+    block = min(_BLOCK, d_sae)
+    width = -(-d_sae // block) * block
+    if width == d_sae:
+        c = r @ D.T  # [c, d_sae]
+    else:
+        c = r.new_full((n_rows, width), float("-inf"))  # pads never win the argmax
+        c[:, :d_sae] = r @ D.T
+    rows = torch.arange(n_rows, device=r.device)
+    base = rows * (width // block)
+    # The update c −= v·G[j] as c.addmm_(S, G) with S the one-hot [rows, d_sae] matrix of
+    # the steps' (j, v): one pass over c, ~2x faster here than gathering G[j] and then an
+    # addcmul. COO with sorted rows, one entry each, is coalesced by construction.
+    coords = torch.stack([rows, rows])  # row 1 takes each step's j
+    norms[:, 0] = r.norm(dim=-1)
+    # Gram updates drift from D r by ~1e-6 of ‖r0‖; where the top two correlations are
+    # closer than the band, the choice is redone from the residual so that it is the
+    # reference loop's (an order swap would change the values).
+    tol = _TIE_TOL * norms[:, 0] if gram is not None else None
+    stopping = residual_threshold > 0 or stop_dup
+    done = torch.zeros(n_rows, dtype=torch.bool, device=r.device)
+    for t in range(k):
+        j, near, floor = _argmax_rows(c, block, base, tol)
+        if near is not None and near.numel():
+            j[near] = _exact_choice(c, r, D, near, floor, tol)
+        atoms = D.index_select(0, j)  # [c, d_in]
+        v = (r * atoms).sum(-1).clamp_min_(0)
+        if stopping:
+            v.masked_fill_(done, 0.0)
+        idx[:, t] = j.masked_fill_(done, 0) if stopping else j  # stopped: as if never run
+        vals[:, t] = v
+        r.addcmul_(atoms, v[:, None], value=-1.0)  # r − v·a_j, the reference update
+        if stopping:
+            norms[:, t + 1] = r.norm(dim=-1)
+            if stop_dup:
+                seen = ((idx[:, :t] == j[:, None]) & (vals[:, :t] > 0)).any(-1)
+                done |= (v == 0) | seen
+            if residual_threshold > 0:
+                done |= norms[:, t + 1] < residual_threshold
+            if bool(done.all()):
+                norms[:, t + 2:] = norms[:, t + 1:t + 2]  # stopped rows keep their residual
+                break
+        if t + 1 < k:
+            if gram is not None:
+                coords[1] = j
+                step = torch.sparse_coo_tensor(coords, v, (n_rows, d_sae), is_coalesced=True,
+                                               check_invariants=False)
+                c.addmm_(step, gram, alpha=-1.0)  # c −= v·G[j]
+            else:
+                c[:, :d_sae] = r @ D.T
+    if not stopping:
+        # Each step lowers ‖r‖² by exactly v² (unit atoms): no per-step norm needed.
+        sq = norms[:, :1].square() - vals.square().cumsum(1)
+        norms[:, 1:] = sq.clamp_min_(0).sqrt_()
 
 
 @torch.no_grad()
@@ -119,65 +224,159 @@ def _select(
     sae_in: Tensor, D: Tensor, k: int, residual_threshold: float, stop_dup: bool,
     gram: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Greedy selection. Returns (indices, values, active, norms), all without grad."""
+    """Greedy selection. Returns (indices, values, norms, residual), all without grad.
+
+    On CPU the rows are split into one shard per intra-op thread, and each shard runs in
+    its own Python thread with single-threaded ops: the per-step ops are small (one chunk
+    of c), and letting every one of them fork and join a 2-thread OpenMP team costs more
+    than it gains, badly so on a loaded machine (measured: ~25x slower per op under
+    contention). Shards share nothing but the read-only D and Gram matrix.
+    """
     n_rows, d_in = sae_in.shape
-    d_sae = D.shape[0]
-    idx = torch.zeros(n_rows, k, dtype=torch.long, device=D.device)
-    vals = torch.zeros(n_rows, k, dtype=D.dtype, device=D.device)
-    active = torch.zeros(n_rows, k, dtype=torch.bool, device=D.device)
-    norms = torch.zeros(n_rows, k + 1, dtype=D.dtype, device=D.device)
-    block = min(_BLOCK, d_sae)
-    width = -(-d_sae // block) * block
-    chunk = _CHUNK if gram is not None else n_rows
-    stopping = residual_threshold > 0 or stop_dup
-    for lo in range(0, n_rows, chunk):
-        hi = min(lo + chunk, n_rows)
-        r = sae_in[lo:hi].clone()  # [c, d_in]
-        norms[lo:hi, 0] = r.norm(dim=-1)
-        c = r.new_full((hi - lo, width), float("-inf"))
-        c[:, :d_sae] = r @ D.T
-        done = torch.zeros(hi - lo, dtype=torch.bool, device=D.device)
-        tol = _TIE_TOL * norms[lo:hi, 0]
-        for t in range(k):
-            j, gap = _blocked_argmax(c, block)
-            if gram is not None:
-                # Gram updates drift from D r by ~1e-6 relative; where the top two
-                # correlations are that close, redo the step from the residual so the
-                # choice is the reference loop's (an order swap would change the values).
-                near = (gap <= tol).nonzero().flatten()
-                if near.numel():
-                    exact = r.index_select(0, near) @ D.T
-                    c[near, :d_sae] = exact
-                    j[near] = exact.argmax(-1)
-            atoms = D.index_select(0, j)  # [c, d_in]
-            v = (r * atoms).sum(-1).clamp_min(0)
-            if stopping:
-                v = v.masked_fill(done, 0.0)
-                active[lo:hi, t] = ~done
+    dev, dt = D.device, D.dtype
+    idx = torch.zeros(n_rows, k, dtype=torch.long, device=dev)
+    vals = torch.zeros(n_rows, k, dtype=dt, device=dev)
+    norms = torch.zeros(n_rows, k + 1, dtype=dt, device=dev)
+    resid = sae_in.clone()
+    on_cpu = dev.type == "cpu"
+    chunk = _CHUNK if on_cpu else n_rows  # a GPU wants the whole batch per op
+
+    def run(lo: int, hi: int) -> None:
+        for a in range(lo, hi, chunk):
+            b = min(a + chunk, hi)
+            _pursue_rows(resid[a:b], D, gram, k, residual_threshold, stop_dup,
+                         idx[a:b], vals[a:b], norms[a:b])
+
+    threads = torch.get_num_threads()
+    shards = min(threads, -(-n_rows // chunk)) if on_cpu else 1
+    if shards <= 1:
+        run(0, n_rows)
+        return idx, vals, norms, resid
+    bounds = [n_rows * s // shards for s in range(shards + 1)]
+
+    def worker(s: int) -> None:
+        torch.set_num_threads(1)  # this thread's own OpenMP/MKL setting
+        with torch.no_grad():  # grad mode is per thread
+            run(bounds[s], bounds[s + 1])
+
+    try:
+        with ThreadPoolExecutor(shards) as pool:
+            for f in [pool.submit(worker, s) for s in range(shards)]:
+                f.result()
+    finally:
+        # set_num_threads in a worker also lowered the default that new threads start
+        # with; the calling thread's own setting never changed. Put the default back.
+        torch.set_num_threads(threads)
+    return idx, vals, norms, resid
+
+
+class _PursuitValues(torch.autograd.Function):
+    """(values, residual) of a pursuit with fixed selections, with an analytic backward.
+
+    Forward returns what the selection computed. Backward is the exact gradient of the
+    plain loop r_t = r_{t-1} − v_t a_t, v_t = m_t·ReLU(⟨r_{t-1}, a_t⟩) (a_t = D[j_t],
+    m_t the active mask) with the choices j held fixed, written in coefficient space:
+    ρ_t = ∂L/∂r_t = g_r + Σ_{s>t} w_s a_s with w_t = ∂L/∂⟨r_{t-1}, a_t⟩
+    = 1[v_t>0]·(g_v,t − ⟨g_r, a_t⟩ − Σ_{s>t} w_s ⟨a_s, a_t⟩), so
+    ∂L/∂r_0 = g_r + Σ_t w_t a_t and ∂L/∂a_t = −v_t ρ_t + w_t r_{t−1}
+    = −v_t g_r + w_t r_0 + Σ_s M_ts a_s, M_ts = −v_t w_s (s > t), −w_t v_s (s < t).
+    With the Gram matrix, ⟨a_s, a_t⟩ are Gram entries and Σ M_ts a_s summed into dD is
+    C D for a d_sae × d_sae matrix C: one dense product, and no [N, k, d_in] tensor
+    (measured ~3x cheaper than batched products over the gathered atoms).
+    """
+
+    @staticmethod
+    def forward(ctx, sae_in, D, idx, vals, resid, gram):  # type: ignore[override]
+        ctx.save_for_backward(sae_in, D, idx, vals, gram)
+        return vals.clone(), resid.clone()
+
+    @staticmethod
+    def backward(ctx, g_v, g_r):  # type: ignore[override]
+        sae_in, D, idx, v, gram = ctx.saved_tensors
+        n, k = idx.shape
+        d_sae, d_in = D.shape
+        if g_r is None:
+            g_r = sae_in.new_zeros(n, d_in)
+        # Step pairs s < t, grouped by t: pair rows off_t .. off_t + t, off_t = t(t−1)/2.
+        pt, ps = torch.tril_indices(k, k, -1, device=D.device)
+        idx_k = idx.T.contiguous()  # [k, N]: per-step rows keep the recurrence contiguous
+        j_s, j_t = idx_k[ps], idx_k[pt]  # [P, N]
+        # gram is None past gram_max_bytes (then C would not fit either).
+        dense_c = gram is not None and D.device.type == "cpu"
+        if dense_c:
+            pairs = (j_s * gram.shape[1] + j_t).reshape(-1)
+            gl = gram.reshape(-1).index_select(0, pairs).view(-1, n)  # [P, N]: ⟨a_s, a_t⟩
+            b = -_pair_dots(g_r, D, idx).T  # [k, N]: −⟨g_r, a_t⟩
+        else:
+            A = _gather_atoms(D, idx)  # [N, k, d_in]
+            gl = torch.bmm(A, A.transpose(1, 2)).permute(1, 2, 0)[ps, pt]
+            b = -torch.bmm(A, g_r[:, :, None]).squeeze(-1).T
+        b = b.contiguous()
+        if g_v is not None:
+            b += g_v.T
+        v_k = v.T.contiguous()
+        live = (v_k > 0).to(v.dtype)  # ReLU'(u) · active mask (v = 0 wherever either is 0)
+        w = torch.empty_like(v_k)  # [k, N]
+        for t in range(k - 1, -1, -1):
+            torch.mul(live[t], b[t], out=w[t])
+            if t:
+                off = t * (t - 1) // 2
+                b[:t].addcmul_(gl[off:off + t], w[t], value=-1.0)
+        grad_in = grad_D = None
+        if ctx.needs_input_grad[0]:  # g_r + Σ_t w_t a_t
+            offsets = torch.arange(0, n * k, k, device=D.device)
+            grad_in = g_r + F.embedding_bag(idx.reshape(-1), D, offsets, mode="sum",
+                                            per_sample_weights=w.T.reshape(-1))
+        if ctx.needs_input_grad[1]:
+            m = -(v_k[ps] * w[pt])  # [P, N]: M_st = M_ts for s < t
+            if dense_c:
+                # Rank-one parts Σ e_j (w r_0 − v g_r)ᵀ as one sparse [d_sae, 2N] product.
+                tok = torch.arange(n, device=D.device).repeat(k)
+                s = torch.sparse_coo_tensor(
+                    torch.stack([idx_k.reshape(-1).repeat(2), torch.cat([tok, tok + n])]),
+                    torch.cat([w.reshape(-1), -v_k.reshape(-1)]), (d_sae, 2 * n),
+                    check_invariants=False,
+                )
+                rank_one = torch.sparse.mm(s, torch.cat([sae_in, g_r]))
+                C = D.new_zeros(d_sae * d_sae)  # symmetric: M_st at (j_s, j_t) and (j_t, j_s)
+                C.index_add_(0, (j_s * d_sae + j_t).reshape(-1), m.reshape(-1))
+                C.index_add_(0, (j_t * d_sae + j_s).reshape(-1), m.reshape(-1))
+                grad_D = torch.addmm(rank_one, C.view(d_sae, d_sae), D)
             else:
-                active[lo:hi, t] = True
-            idx[lo:hi, t] = j
-            vals[lo:hi, t] = v
-            r.sub_(v[:, None] * atoms)
-            norms[lo:hi, t + 1] = r.norm(dim=-1)
-            if stopping:
-                if stop_dup:
-                    seen = ((idx[lo:hi, :t] == j[:, None]) & (vals[lo:hi, :t] > 0)).any(-1)
-                    done |= (v == 0) | seen
-                if residual_threshold > 0:
-                    done |= norms[lo:hi, t + 1] < residual_threshold
-                if bool(done.all()):
-                    break
-            if t + 1 < k:
-                if gram is not None:
-                    c.addcmul_(gram.index_select(0, j), v[:, None], value=-1.0)
-                else:
-                    c[:, :d_sae] = r @ D.T
-    return idx, vals, active, norms
+                M = v.new_zeros(n, k, k)
+                M[:, ps, pt] = m.T
+                M[:, pt, ps] = m.T
+                dA = torch.bmm(M, A)  # [N, k, d_in]
+                dA.baddbmm_(torch.stack([-v, w.T], 2), torch.stack([g_r, sae_in], 1))
+                grad_D = torch.zeros_like(D).index_add_(0, idx.reshape(-1), dA.view(-1, d_in))
+        return grad_in, grad_D, None, None, None, None
+
+
+def _pair_dots(y: Tensor, D: Tensor, idx: Tensor) -> Tensor:
+    """⟨y_n, D[idx[n, t]]⟩ as [N, k], without gathering [N, k, d_in] atoms (an SDDMM).
+
+    The sampling pattern must be a valid CSR (columns sorted, no repeats), so each
+    token's indices are sorted and reselected atoms are dotted once, then mapped back.
+    """
+    n, k = idx.shape
+    cols, order = idx.sort(-1)  # [N, k]
+    first = torch.ones_like(cols, dtype=torch.bool)
+    first[:, 1:] = cols[:, 1:] != cols[:, :-1]
+    crow = torch.zeros(n + 1, dtype=torch.long, device=y.device)
+    crow[1:] = first.sum(-1).cumsum(0)
+    unique = cols[first]  # row-major, so sorted within each row
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_CSR_BETA, category=UserWarning)
+        pattern = torch.sparse_csr_tensor(
+            crow, unique, y.new_zeros(unique.shape[0]), (n, D.shape[0]), check_invariants=False
+        )
+    dots = torch.sparse.sampled_addmm(pattern, y, D.T, beta=0.0).values()
+    slot = first.reshape(-1).cumsum(0) - 1  # each sorted entry's unique dot
+    return y.new_empty(n, k).scatter_(1, order, dots[slot].view(n, k))
 
 
 def _gather_atoms(D: Tensor, idx: Tensor) -> Tensor:
-    """D[idx] as [N, k, d_in]; index_select's backward is a plain index_add."""
+    """D[idx] as [N, k, d_in]."""
     return D.index_select(0, idx.reshape(-1)).view(*idx.shape, D.shape[1])
 
 
@@ -197,26 +396,16 @@ def matching_pursuit(
         res = matching_pursuit(x - b, D, k=32, gram=padded_gram(D))
         x_hat = x - res.residual
     """
-    idx, vals, active, norms = _select(
-        sae_in.detach(), D.detach(), k, residual_threshold, stop_on_duplicate_support, gram
-    )
+    # The selection always runs in D's dtype: under autocast, bf16 correlations would
+    # swap near-tied choices (and worker threads would not inherit the autocast state).
+    with torch.autocast(D.device.type, enabled=False):
+        idx, vals, norms, resid = _select(
+            sae_in.detach(), D.detach(), k, residual_threshold, stop_on_duplicate_support, gram
+        )
     needs_grad = torch.is_grad_enabled() and (sae_in.requires_grad or D.requires_grad)
-    if not needs_grad:
-        recon = torch.bmm(vals[:, None, :], _gather_atoms(D, idx)).squeeze(1)
-        return MPResult(idx, vals, sae_in - recon, norms)
-    A = _gather_atoms(D, idx)  # [N, k, d_in]
-    q = torch.bmm(A, sae_in[:, :, None]).squeeze(-1)  # [N, k]: ⟨r0, a_t⟩
-    gl = torch.bmm(A, A.transpose(1, 2))  # [N, k, k]: ⟨a_s, a_t⟩
-    mask = active.to(q.dtype)
-    vs = []
-    for t in range(k):
-        v = q[:, t].relu() * mask[:, t]
-        vs.append(v)
-        if t + 1 < k:
-            q = q - v[:, None] * gl[:, t]
-    V = torch.stack(vs, 1)  # [N, k]
-    recon = torch.bmm(V[:, None, :], A).squeeze(1)  # Σ_t v_t a_t
-    return MPResult(idx, V, sae_in - recon, norms)
+    if needs_grad:
+        vals, resid = _PursuitValues.apply(sae_in, D, idx, vals, resid, gram)
+    return MPResult(idx, vals, resid, norms)
 
 
 def padded_gram(D: Float[Tensor, "d_sae d_in"]) -> Float[Tensor, "d_sae width"]:
@@ -224,6 +413,8 @@ def padded_gram(D: Float[Tensor, "d_sae d_in"]) -> Float[Tensor, "d_sae width"]:
     d_sae = D.shape[0]
     block = min(_BLOCK, d_sae)
     width = -(-d_sae // block) * block
+    if width == d_sae:
+        return D @ D.T
     g = D.new_zeros(d_sae, width)
     g[:, :d_sae] = D @ D.T
     return g
@@ -330,11 +521,12 @@ class MPSAE(SAE):
         live = res.values.detach() > 0
         fired = torch.zeros(self.cfg.d_sae, dtype=torch.bool, device=x.device)
         fired[res.indices[live]] = True
-        # Distinct atoms per token (a reselected atom counts once), as encode() would show.
-        z_support = torch.zeros(x.shape[0], self.cfg.d_sae, dtype=torch.bool, device=x.device)
-        z_support[torch.arange(x.shape[0], device=x.device)[:, None].expand_as(live)[live],
-                  res.indices[live]] = True
-        l0 = z_support.sum(-1).to(x.dtype).mean()
+        # Distinct atoms per token (a reselected atom counts once), as encode() would show:
+        # sort each token's live indices (dead steps as −1) and count the changes.
+        keys = torch.where(live, res.indices, -1).sort(-1).values  # [B, k]
+        new_atom = keys[:, 1:] != keys[:, :-1]
+        l0 = ((keys[:, 1:] >= 0) & new_atom).sum(-1) + (keys[:, 0] >= 0)
+        l0 = l0.to(x.dtype).mean()
         return TrainLoss(mse, {"mse": mse.detach(), "l0": l0}, x_hat.detach(), fired, l0)
 
     def after_step(self) -> None:
