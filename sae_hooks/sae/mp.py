@@ -8,16 +8,17 @@ The plain loop costs k dense products D r (~0.2 s each at batch 4096, 576→4608
 This encoder splits the work in two, with the same outputs forward and backward:
 
 1. Selection (no gradient flows through an argmax): correlations are updated with one
-   Gram row per step, c ← c − v·G[j] with G = D Dᵀ, so a step costs O(d_sae) per token
-   instead of O(d_sae·d_in). Rows are processed in cache-sized chunks, and the argmax is
-   taken blockwise (a fast `amax` over blocks, then an argmax inside the winning block;
-   ~4x faster than `argmax` over d_sae here). The residual r itself is kept explicitly
-   (O(d_in) per step) so the values ⟨r, D_j⟩ and the stopping tests use exactly the
-   reference arithmetic. Above `gram_max_bytes` the Gram matrix is skipped and D r is
-   recomputed each step.
-2. Values with autograd, on the k chosen atoms only: A = D[idx] [B, k, d_in],
-   q = A r0, Gl = A Aᵀ; for t: v_t = ReLU(q_t); q ← q − v_t Gl[t]. This is the plain
-   loop's function of (D, b, x) for the fixed selections, so its gradient is the same.
+   Gram row per step, c ← c − v·G[j] with G = D Dᵀ (one sparse-one-hot `addmm_`), so a
+   step costs O(d_sae) per token instead of O(d_sae·d_in). Rows are processed in
+   cache-sized chunks, one shard of chunks per thread, and the argmax is taken blockwise
+   (a fast `amax` over blocks, then a max inside the winning block). The residual r is
+   kept explicitly (O(d_in) per step) so the values ⟨r, D_j⟩ and the stopping tests use
+   the reference arithmetic; near-ties in the drifting Gram correlations are re-decided
+   from r. Above `gram_max_bytes` the Gram matrix is skipped and D r is recomputed.
+2. Values: the selection's values and residual are the outputs. A custom autograd
+   Function gives them the plain loop's exact gradient for the fixed selections
+   (`_PursuitValues`: Gram entries, a k-step recurrence in coefficient space, and one
+   dense d_sae × d_sae by D product instead of autograd over [N, k, d_in] gathers).
 
     sae = make_sae("matching_pursuit", d_in=576, d_sae=4608, k=32)
     z = sae.encode(x)                                   # fixed k steps
