@@ -229,3 +229,20 @@ def test_sparse_path_input_gradient_matches_dense():
         sae.training_loss(x, sparse=sparse).loss.backward()
         grads.append(x.grad)
     assert torch.allclose(grads[0], grads[1], atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", sorted(KW))
+def test_training_step_under_bf16_autocast(arch):
+    """`--autocast bf16`: the dense products run in bf16, parameters, gradients and the sparse path stay fp32."""
+    sae, x = _sae(arch), _x(0, 128)
+    dead = torch.zeros(D_SAE, dtype=torch.bool)
+    dead[:5] = True
+    ref = float(sae.training_loss(x, dead).loss.detach())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = sae.training_loss(x, dead)
+    out.loss.backward()
+    assert out.loss.dtype == torch.float32
+    assert abs(float(out.loss.detach()) - ref) <= 0.05 * abs(ref)  # bf16 products: ~0.4 % per element
+    for name, p in sae.named_parameters():
+        if p.grad is not None:
+            assert p.grad.dtype == torch.float32 and bool(torch.isfinite(p.grad).all()), name
