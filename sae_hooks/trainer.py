@@ -40,11 +40,12 @@ from torch import Tensor
 from .distributed import DistContext, all_reduce_, all_reduce_grads, gather_rows
 from .sae import SAE
 
-__all__ = ["TrainConfig", "Target", "StepStats", "Trainer", "lr_factor", "default_dead_window", "held_out_metrics"]
+__all__ = ["TrainConfig", "Target", "StepStats", "Trainer", "lr_factor", "default_dead_window", "held_out_metrics",
+           "native_bf16"]
 
 DECAYS = ("cosine", "linear", "constant")
 B_DEC_INITS = ("geometric_median", "mean", "none")
-AUTOCASTS = ("none", "bf16", "fp16")
+AUTOCASTS = ("none", "bf16", "fp16", "auto")
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,9 @@ class TrainConfig:
     dead_window_tokens: int | None = None
     """A latent unfired for this many training tokens is dead (AuxK revives it). None: min(10M, run tokens / 20)."""
     autocast: str = "none"
-    """Mixed precision for the SAE step: ``"none"``, ``"bf16"`` or ``"fp16"`` (meant for GPUs; weights stay fp32)."""
+    """Mixed precision for the SAE step's dense products: ``"none"``, ``"bf16"``, ``"fp16"``, or ``"auto"`` = bf16
+    where the device has native bf16 matrix units (CUDA with bf16; a CPU with AVX512-BF16 or AMX), else none.
+    Parameters, gradients, optimizer state and the sparse parts stay fp32; MP selection always runs in fp32."""
 
     def __post_init__(self) -> None:
         for name in ("lr", "beta1", "beta2", "grad_clip", "warmup_frac", "final_lr_frac"):
@@ -129,6 +132,26 @@ class StepStats(NamedTuple):
     """Learning rate used."""
     parts: dict[str, float]
     """The SAE's named loss parts (mse, auxk, mse_w512, ...)."""
+
+
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether ``device`` multiplies bf16 matrices natively (where bf16 autocast pays off).
+
+    CUDA: ``torch.cuda.is_bf16_supported()``. CPU: the ``avx512_bf16`` or ``amx_bf16`` flag in
+    /proc/cpuinfo (Linux; elsewhere False). This 2-core EPYC has both: bf16 products run ~2.2x
+    faster than fp32 (DESIGN.md).
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device.type != "cpu":
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def default_dead_window(total_tokens: int) -> int:
@@ -237,10 +260,18 @@ class Trainer:
         return StepStats(float(res.loss.detach()), fvu, float(res.l0), float(dead.float().mean()), lr,
                          {k: float(v) for k, v in res.parts.items()})
 
+    @property
+    def autocast(self) -> str:
+        """The autocast mode in effect (``"auto"`` resolved for this device)."""
+        if self.cfg.autocast != "auto":
+            return self.cfg.autocast
+        return "bf16" if native_bf16(self.device) else "none"
+
     def _autocast(self):
-        if self.cfg.autocast == "none":
+        mode = self.autocast
+        if mode == "none":
             return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.cfg.autocast == "bf16" else torch.float16
+        dtype = torch.bfloat16 if mode == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
     def _check(self, acts: Mapping[str, Tensor]) -> None:

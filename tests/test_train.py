@@ -74,6 +74,24 @@ def test_training_reduces_fvu_and_export_takes_raw_activations():
     assert set(stats["s"].parts) >= {"mse"} and stats["s"].l0 <= 6
 
 
+def test_bf16_autocast_trains_as_well_as_fp32():
+    """--autocast bf16 (what auto picks on AVX512-BF16/AMX CPUs): same quality, fp32 weights."""
+    from sae_hooks.trainer import native_bf16
+
+    x, held = _synthetic(256 * 60), _synthetic(2048, seed=1)
+    fvu = {}
+    for mode in ("none", "bf16"):
+        t, sae = _trainer(autocast=mode)
+        for batch in x.split(256):
+            t.step({"h": batch})
+        fvu[mode] = held_out_metrics(t.export()["s"], held)["fvu"]
+        assert sae.W_enc.dtype == torch.float32 and t.autocast == mode
+    assert fvu["bf16"] < 1.1 * fvu["none"] + 0.01, fvu
+    auto, _ = _trainer(autocast="auto")
+    assert auto.autocast == ("bf16" if native_bf16("cpu") else "none")
+    assert not native_bf16("meta")
+
+
 def test_dead_latents_are_counted_in_tokens_and_fed_to_auxk():
     t, sae = _trainer(steps=10, dead_window_tokens=512)
     x = _synthetic(2560)
