@@ -357,28 +357,30 @@ def test_add_edit_at_a_late_layer_brings_out_the_promoted_tokens(smollm2):
 
     Ties ``logit_effects`` (W_U · (g ⊙ W_dec[f])) to ``steer``: a wrong gain, transpose or sign, or
     an edit written to the wrong place, leaves the promoted tokens as rare as at baseline. The
-    direction is an untrained SAE's (random) row, so its promoted tokens are ones neutral prompts
-    almost never produce; the trained-feature version of this claim is in tutorials/steering.md.
+    direction is an untrained SAE's (random) row; its top-20 list still holds frequent tokens (at
+    baseline 12 of 20 continuations contain one), so the test asks for a clear rise, not for zero at
+    baseline. The trained-feature version of this claim is measured in tutorials/steering.md.
     """
     from sae_hooks.features import logit_effects
 
-    hook, latent = "resid_post.24", 3
+    # Unit-norm row; 440 = the median residual norm at resid_post.24 (position 0 excluded).
+    hook, latent, value = "resid_post.24", 3, 440.0
     sae = make_sae("topk", d_in=576, d_sae=64, k=8, seed=0).eval().requires_grad_(False)
-    promoted = {t.token_id for t in logit_effects(smollm2, sae, latent, k=20).promoted}
-    suppressed = {t.token_id for t in logit_effects(smollm2, sae, latent, k=20).suppressed}
+    fx = logit_effects(smollm2, sae, latent, k=20)
+    promoted, suppressed = {t.token_id for t in fx.promoted}, {t.token_id for t in fx.suppressed}
     tok = smollm2.tokenizer
     counts = {"base": [0, 0, 0], "steered": [0, 0, 0]}  # prompts with a promoted token, promoted, suppressed tokens
     for prompt in PROMPTS:
         ids = tok(prompt, return_tensors="pt").input_ids
-        for name, plan in (("base", {hook: (sae, [])}), ("steered", {hook: (sae, [f"{latent}:add:{VALUE_L24}"])})):
+        for name, plan in (("base", {hook: (sae, [])}), ("steered", {hook: (sae, [f"{latent}:add:{value}"])})):
             with steer(smollm2, plan):
                 new = generate(smollm2, ids, 8).new_ids[0].tolist()
             hits = sum(t in promoted for t in new)
             counts[name][0] += hits > 0
             counts[name][1] += hits
             counts[name][2] += sum(t in suppressed for t in new)
-    assert counts["steered"][0] >= counts["base"][0] + 10, counts
-    assert counts["steered"][1] > 2 * counts["base"][1], counts
+    assert counts["steered"][0] > counts["base"][0], counts
+    assert counts["steered"][1] >= 2 * counts["base"][1] + 10, counts
     assert counts["steered"][2] <= counts["base"][2], counts
 
 
