@@ -1,31 +1,47 @@
 """Steering SmolLM2 with a feature of a freshly trained SAE (mirrors tutorials/steering.md).
 
-Runs offline on CPU in ~6 minutes: trains a TopK SAE at resid_post.6 on ~200k tokens of the
-embedded corpus (a short inline loop; skipped when the SAE is already saved), finds a latent that
-fires on a chosen word, shows its top contexts and promoted tokens, then steers 20 neutral prompts
-with it and measures the side effects on held-out text.
+Runs offline on CPU: trains a TopK SAE at resid_post.28 (of 30 layers) with ``sae-hooks train``
+(~10 minutes on a shared 2-core machine; skipped when the run folder already holds the SAE),
+chooses a latent by a fixed rule (``--choose writes``: the specific latent whose read-out singles
+out a chosen word; ``--choose reads``: the strongest specific latent *on* that word), lists its
+promoted tokens (decoder direction → final-norm gain → unembedding), then steers 20 fixed neutral
+prompts at four edit strengths (a doubling ladder), counts the promoted tokens in the continuations against the
+unsteered baseline, and measures the side effects on held-out text.
 
-    python tutorials/steering.py                     # trains (or reuses) the SAE, prints everything
-    python tutorials/steering.py --word " file" --value 40
+    python tutorials/steering.py                          # trains (or reuses) the SAE, prints everything
+    python tutorials/steering.py --run /tmp/steer_sae28   # reuse a `sae-hooks train` run folder
+    python tutorials/steering.py --choose reads           # the latent that fires on " error" instead
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import time
 from pathlib import Path
 
 import torch
 
 from sae_hooks import load_model
+from sae_hooks.cli import main as sae_hooks_cli
 from sae_hooks.data import CorpusConfig, iter_batches, load_token_tensor
 from sae_hooks.features import harvest, latents_for_text, logit_effects
 from sae_hooks.models import cache_root
-from sae_hooks.sae import load_sae, make_sae
+from sae_hooks.sae import load_sae
 from sae_hooks.steer import generate, side_effects, steer
 
-HOOK = "resid_post.6"
+# Late enough that a direction's direct read-out means something: the logit lens of SmolLM2
+# (final norm + unembedding of the residual) names the right next token from layer 28 on, while at
+# layer 24 it still gives ',', ' the', ' D' (measured on "The capital of Germany is" → " Berlin").
+HOOK = "resid_post.28"
+# The training run, exactly as on the command line (seeded: the same flags give the same SAE).
+TRAIN_ARGS = ["--hook", HOOK, "--arch", "topk", "--d-sae", "4608", "--k", "32", "--tokens", "250000",
+              "--eval-every", "0", "--checkpoint-every", "0", "--progress", "off"]
+TOP_N = 20          # size of the promoted-token list that is counted
+# Edit strengths: the norm of the added vector value·W_dec[f] as a fraction of the median residual
+# norm at the hook. A doubling ladder, all of it reported: at resid_post.24 the latent's own top
+# activation corresponded to only ~0.12, too weak to change what the model says.
+FRACTIONS = (0.25, 0.5, 1.0)
+SPECIFIC = 0.02     # a candidate must fire on < 2 % of held-out tokens (dense latents fire on everything)
 PROMPTS = [
     "My favourite thing about the weekend is",
     "The best way to learn a new language is",
@@ -50,111 +66,134 @@ PROMPTS = [
 ]
 
 
-def train_sae(adapter, out: Path, tokens: int, d_sae: int, k: int) -> None:
-    """A short inline TopK training loop over live activations (position 0 and specials masked)."""
-    sae = make_sae("topk", d_in=adapter.d_model, d_sae=d_sae, k=k, seed=0,
-                   metadata={"model_name": "smollm2-135m-instruct", "hook_name": HOOK, "context_size": 128})
-    opt = torch.optim.Adam(sae.parameters(), lr=2e-3)
-    last_fired = torch.zeros(d_sae)  # tokens since each latent last fired
-    seen, t0 = 0, time.time()
-    for step, (ids, mask) in enumerate(iter_batches(adapter.tokenizer, CorpusConfig(ctx=128), 32, max_tokens=tokens)):
-        x = adapter.capture(ids, [HOOK])[HOOK][mask]  # [n, 576], evaluated positions only
-        if step == 0:
-            sae.init_from_data(x[:2048])
-        loss = sae.training_loss(x, dead_mask=last_fired > 50_000)
-        opt.zero_grad()
-        loss.loss.backward()
-        opt.step()
-        sae.after_step()
-        last_fired += x.shape[0]
-        last_fired[loss.fired] = 0
-        seen += x.shape[0]
-        if step % 10 == 0:
-            fvu = float(loss.parts["mse"]) / float((x - x.mean(0)).pow(2).sum(-1).mean())
-            print(f"  step {step:3d}  tokens {seen:7d}  FVU {fvu:.3f}  L0 {float(loss.l0):.1f}  "
-                  f"{seen / (time.time() - t0):.0f} tok/s", flush=True)
-    sae.save(str(out))
+def train_or_reuse(run: Path) -> Path:
+    """The SAE folder of the run in ``run``, training it first with ``sae-hooks train`` if absent."""
+    sae_dir = run / "saes" / f"topk_{HOOK}"
+    if not (sae_dir / "cfg.json").is_file():
+        print(f"1. Training: sae-hooks train {' '.join(TRAIN_ARGS)} --out {run}", flush=True)
+        rc = sae_hooks_cli(["train", *TRAIN_ARGS, "--out", str(run), *(["--overwrite"] if run.exists() else [])])
+        if rc != 0 or not (sae_dir / "cfg.json").is_file():
+            raise SystemExit(f"Training failed (exit code {rc}); no SAE in {sae_dir}.")
+        print((run / "summary.txt").read_text())
+    return sae_dir
+
+
+@torch.no_grad()
+def readout_zscores(adapter, sae, token_id: int) -> torch.Tensor:
+    """[d_sae] How far token ``token_id`` stands out in each latent's read-out W_U (g ⊙ W_dec[f]),
+    in standard deviations over the vocabulary (the scores ``logit_effects`` ranks)."""
+    W = adapter.model.get_output_embeddings().weight.float()  # [vocab, d]
+    g = adapter.model.get_submodule(adapter.family.final_norm).weight.float()  # [d]
+    out = []
+    for rows in (sae.W_dec * g).float().split(512):  # [<=512, d] -> scores [<=512, vocab]
+        s = rows @ W.T
+        out.append((s[:, token_id] - s.mean(1)) / s.std(1))
+    return torch.cat(out)
+
+
+def count_promoted(new_ids: torch.Tensor, promoted: set[int]) -> int:
+    """How many generated tokens are in the promoted list."""
+    return sum(int(t) in promoted for t in new_ids.flatten())
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--sae", default=str(cache_root() / "tutorial_sae_resid_post6"))
-    p.add_argument("--tokens", type=int, default=200_000)
+    p.add_argument("--run", default=str(cache_root() / "tutorial_steer_resid_post28"), help="sae-hooks train run folder")
     p.add_argument("--word", default=" error")
+    p.add_argument("--choose", default="writes", choices=["writes", "reads"],
+                   help="writes: the latent whose read-out singles out --word; reads: the latent firing most on it")
     p.add_argument("--text", default="The function raised an error because the file was missing. "
                                      "Check the error message and fix the error before you run it again.")
-    p.add_argument("--value", type=float, default=None, help="add value; default 1.25x the latent's top held-out activation")
     p.add_argument("--max-new-tokens", type=int, default=20)
     p.add_argument("--eval-tokens", type=int, default=4096)
+    p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1),
+                   help="torch threads; 1 is faster on a busy machine (generation is many small ops)")
     args = p.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    adapter = load_model()
+
+    sae_dir = train_or_reuse(Path(args.run))
+    sae = load_sae(sae_dir).eval().requires_grad_(False)
+    adapter = load_model()  # fp32 for steering and evaluation
     tok = adapter.tokenizer
+    print(f"SAE: {sae.architecture}, d_sae {sae.cfg.d_sae}, k {sae.cfg.k}, at {HOOK}, from {sae_dir}")
 
-    path = Path(args.sae)
-    if not (path / "cfg.json").is_file():
-        print(f"1. Training a TopK SAE (4608 latents, k=32) at {HOOK} on {args.tokens} tokens -> {path}")
-        train_sae(adapter, path, args.tokens, 4608, 32)
-    sae = load_sae(path).eval().requires_grad_(False)
-    print(f"SAE: {sae.architecture}, d_sae {sae.cfg.d_sae}, from {path}")
-
-    print(f"\n2. Latents firing on {args.word!r} in: {args.text!r}")
     held_out = list(iter_batches(tok, CorpusConfig(split="eval", ctx=128), 16, max_tokens=32_768))
     h = harvest(adapter, sae, HOOK, held_out, k=8)
-    cands = latents_for_text(adapter, sae, HOOK, args.text, word=args.word, top=10)
-    for c in cands:
-        print(f"  latent {c.latent:5d}  mean {c.mean:6.2f}  fires on {c.fraction:.0%} of the word's tokens, "
-              f"{float(h.frequency[c.latent]):.2%} of held-out tokens")
-    # Specific, not dense: the strongest on the word among latents firing on < 2 % of held-out tokens.
-    specific = [c.latent for c in cands if float(h.frequency[c.latent]) < 0.02]
-    if not specific:
-        raise SystemExit(f"No latent fires specifically on {args.word!r}; try another --word / --text.")
-    latent = specific[0]
-    print(f"\nChosen latent {latent}. Top held-out contexts (firing tokens «marked»):")
+    freq = h.frequency
+    specific = (freq > 0) & (freq < SPECIFIC)
+    if args.choose == "writes":
+        word_ids = tok(args.word, add_special_tokens=False).input_ids
+        if len(word_ids) != 1:
+            raise SystemExit(f"--word {args.word!r} is {len(word_ids)} tokens; --choose writes needs a one-token word.")
+        print(f"\n2. Choosing the latent: among latents firing on 0-{SPECIFIC:.0%} of held-out tokens, the one whose "
+              f"read-out singles out {args.word!r} (largest z-score of that token over the vocabulary)")
+        z = readout_zscores(adapter, sae, word_ids[0]).masked_fill(~specific, float("-inf"))
+        order = z.argsort(descending=True)[:5].tolist()
+        for f in order:
+            print(f"  latent {f:5d}  z {float(z[f]):5.1f}  fires on {float(freq[f]):.2%} of held-out tokens")
+    else:
+        print(f"\n2. Choosing the latent: the strongest on {args.word!r} among latents firing on 0-{SPECIFIC:.0%} of "
+              "held-out tokens")
+        cands = latents_for_text(adapter, sae, HOOK, args.text, word=args.word, top=10)
+        for c in cands:
+            print(f"  latent {c.latent:5d}  mean {c.mean:6.2f}  fires on {c.fraction:.0%} of the word's tokens, "
+                  f"{float(freq[c.latent]):.2%} of held-out tokens")
+        order = [c.latent for c in cands if bool(specific[c.latent])]
+    if not order:
+        raise SystemExit(f"No specific latent found for {args.word!r}; try another --word / --text.")
+    latent = order[0]
+    top_act = float(h.top_values[latent, 0])
+    print(f"\nChosen latent {latent} (top held-out activation {top_act:.1f}). Top held-out contexts (firing tokens «marked»):")
     for c in h.contexts(latent, tok, adapter=adapter, sae=sae, n=6):
         print(f"  {c.activation:6.2f}  {c.text!r}")
-    fx = logit_effects(adapter, sae, latent, k=20)
-    print("Promoted tokens:  ", [t.token for t in fx.promoted[:12]])
-    print("Suppressed tokens:", [t.token for t in fx.suppressed[:12]])
-
-    value = args.value if args.value is not None else round(1.25 * float(h.top_values[latent, 0]), 1)
-    edit = f"{latent}:add:{value}"
-    print(f"\n3. Steering 20 prompts with {edit} (greedy, {args.max_new_tokens} new tokens, raw text prompts)")
+    fx = logit_effects(adapter, sae, latent, k=TOP_N)
+    print(f"Promoted tokens (top {TOP_N}): ", [t.token for t in fx.promoted])
+    print("Suppressed tokens (top 10):", [t.token for t in fx.suppressed[:10]])
     promoted = {t.token_id for t in fx.promoted}
-    concept = args.word.strip().lower()
-    hits = {"baseline": [0, 0], "steered": [0, 0]}  # [prompts with a promoted token, promoted tokens]
-    words = {"baseline": 0, "steered": 0}  # prompts whose continuation contains the word itself
-    for i, prompt in enumerate(PROMPTS):
-        ids = tok(prompt, return_tensors="pt").input_ids
-        base = generate(adapter, ids, args.max_new_tokens)
-        with steer(adapter, {HOOK: (sae, [edit])}):
-            st = generate(adapter, ids, args.max_new_tokens)
-        for name, g in (("baseline", base), ("steered", st)):
-            n = sum(int(t) in promoted for t in g.new_ids[0])
-            hits[name][0] += n > 0
-            hits[name][1] += n
-            words[name] += concept in g.texts[0].lower()
-        if i < 5:
-            print(f"  {prompt!r}\n    baseline: {base.texts[0]!r}\n    steered:  {st.texts[0]!r}")
-    print(f"Prompts whose continuation contains a top-20 promoted token: baseline {hits['baseline'][0]}/20, "
-          f"steered {hits['steered'][0]}/20 (tokens: {hits['baseline'][1]} vs {hits['steered'][1]})")
-    print(f"Prompts whose continuation contains {concept!r}: baseline {words['baseline']}/20, steered {words['steered']}/20")
 
-    ids = tok(PROMPTS[0], return_tensors="pt").input_ids
-    with steer(adapter, {HOOK: (sae, [edit])}):
-        sampled = generate(adapter, ids, args.max_new_tokens, sample=True, seed=0)
-    print(f"Sampled (seed 0, T=1), steered: {sampled.texts[0]!r}")
-
-    print(f"\n4. Side effects on {args.eval_tokens} held-out tokens (edit applied at every position but the first)")
     eval_block = load_token_tensor(tok, CorpusConfig(split="eval", ctx=128), args.eval_tokens)
-    se = side_effects(adapter, {HOOK: (sae, [edit])}, eval_block)
-    print(f"  CE clean {se.ce_clean:.3f}, steered {se.ce_steered:.3f}, delta CE {se.delta_ce:+.3f} nats; "
-          f"KL(clean || steered) {se.kl:.3f} nats/token over {se.tokens} predictions")
-    for lc in se.latent_change:
-        print(f"  latent {lc.edit}: clean mean {lc.clean:.2f} -> target {lc.target:.2f}, re-encoded {lc.reencoded:.2f} "
-              f"(fires on {lc.active_clean:.1%} -> {lc.active_steered:.1%} of tokens; moved: {lc.moved})")
+    ids, mask = eval_block
+    resid_norm = float(adapter.capture(ids, [HOOK])[HOOK][mask].norm(dim=-1).median())
+    dec_norm = float(sae.W_dec[latent].norm())
+    print(f"\nMedian residual norm at {HOOK} (held-out, position 0 excluded): {resid_norm:.0f}; "
+          f"||W_dec[{latent}]|| = {dec_norm:.1f}")
+    base_gens = [generate(adapter, tok(q, return_tensors="pt").input_ids, args.max_new_tokens) for q in PROMPTS]
+    base_n = [count_promoted(g.new_ids, promoted) for g in base_gens]
+    rows = []
+    for frac in FRACTIONS:
+        value = round(frac * resid_norm / dec_norm, 1)
+        edit = f"{latent}:add:{value}"
+        print(f"\n3. Steering the 20 prompts with {edit} (edit norm {frac:g} x the median residual norm = "
+              f"{value / top_act:.1f} x the top activation; greedy, "
+              f"{args.max_new_tokens} new tokens, raw text prompts, every position but the first edited)")
+        st_n = []
+        for i, (q, base) in enumerate(zip(PROMPTS, base_gens)):
+            with steer(adapter, {HOOK: (sae, [edit])}):
+                st = generate(adapter, tok(q, return_tensors="pt").input_ids, args.max_new_tokens)
+            st_n.append(count_promoted(st.new_ids, promoted))
+            if i < 3:
+                print(f"  {q!r}\n    baseline: {base.texts[0]!r}\n    steered:  {st.texts[0]!r}")
+        se = side_effects(adapter, {HOOK: (sae, [edit])}, eval_block)
+        lc = se.latent_change[0]
+        print(f"  Prompts whose continuation holds a top-{TOP_N} promoted token: baseline {sum(n > 0 for n in base_n)}/20, "
+              f"steered {sum(n > 0 for n in st_n)}/20; promoted tokens in all 20 continuations: baseline "
+              f"{sum(base_n)}, steered {sum(st_n)} (of {20 * args.max_new_tokens} generated)")
+        print(f"  Side effects on {se.tokens} held-out predictions (edit at every position but the first): "
+              f"CE clean {se.ce_clean:.3f}, steered {se.ce_steered:.3f}, delta CE {se.delta_ce:+.3f} nats, "
+              f"KL(clean || steered) {se.kl:.3f} nats/token")
+        print(f"  Re-encoded: latent {latent} mean code {lc.clean:.2f} -> {lc.reencoded:.2f} (asked {lc.target:.2f}), "
+              f"fires on {lc.active_clean:.1%} -> {lc.active_steered:.1%} of tokens, moved: {lc.moved}")
+        rows.append((edit, sum(n > 0 for n in st_n), sum(st_n), se.delta_ce, se.kl))
+
+    print(f"\nSummary (latent {latent}, top-{TOP_N} promoted tokens, 20 prompts x {args.max_new_tokens} greedy tokens):")
+    print(f"  {'edit':<22} {'prompts with one':>16} {'tokens':>7} {'dCE nats':>9} {'KL nats/tok':>12}")
+    print(f"  {'baseline (no edit)':<22} {sum(n > 0 for n in base_n):>13}/20 {sum(base_n):>7} {0:>+9.3f} {0:>12.3f}")
+    for edit, k, n, dce, kl in rows:
+        print(f"  {edit:<22} {k:>13}/20 {n:>7} {dce:>+9.3f} {kl:>12.3f}")
+    print(f"\nThe same edit from the command line:\n  sae-hooks steer --sae {sae_dir} --model smollm2-135m-instruct "
+          f"--hook {HOOK} --edit {rows[-2][0]} --prompt {PROMPTS[0]!r} --max-new-tokens 20 --json")
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
     main()
