@@ -451,7 +451,8 @@ class MPSAE(SAE):
         w = self.W_dec
         key = (w.data_ptr(), w._version, tuple(w.shape), w.dtype, w.device)
         if self._gram is None or self._gram_key != key:
-            with torch.no_grad():
+            # Built in W_dec's dtype even under autocast: the selection needs fp32 correlations.
+            with torch.no_grad(), torch.autocast(w.device.type, enabled=False):
                 self._gram = padded_gram(w.detach())
             self._gram_key = key
         return self._gram
