@@ -231,6 +231,20 @@ def test_row_shards_in_threads_equal_one_thread(monkeypatch, stop):
         assert torch.allclose(z, z_ref, atol=1e-10)
 
 
+def test_thread_shards_under_inference_mode(monkeypatch):
+    """The live stream and evaluation run under torch.inference_mode, which is per thread like grad mode."""
+    import sae_hooks.sae.mp as mp
+
+    monkeypatch.setattr(mp, "_CHUNK", 16)
+    D, x = _setup(8, n=100)
+    torch.set_num_threads(2)
+    ref = matching_pursuit(x, D, 12, gram=padded_gram(D))
+    with torch.inference_mode():
+        got = matching_pursuit(x.clone(), D.clone(), 12, gram=padded_gram(D))
+    for a, b in zip(ref, got):
+        assert torch.equal(a, b)
+
+
 def test_norms_follow_the_values_without_stopping_rules():
     D, x = _setup(9)
     res = matching_pursuit(x, D, 10, gram=padded_gram(D))

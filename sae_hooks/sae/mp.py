@@ -255,9 +255,11 @@ def _select(
         return idx, vals, norms, resid
     bounds = [n_rows * s // shards for s in range(shards + 1)]
 
+    inference = torch.is_inference_mode_enabled()  # thread-local, like grad mode: hand it on
+
     def worker(s: int) -> None:
         torch.set_num_threads(1)  # this thread's own OpenMP/MKL setting
-        with torch.no_grad():  # grad mode is per thread
+        with torch.no_grad(), torch.inference_mode(inference):  # grad and inference mode are per thread
             run(bounds[s], bounds[s + 1])
 
     try:
