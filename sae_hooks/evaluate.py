@@ -415,9 +415,12 @@ def evaluate_many(
             prefix = _trim(prefix, start_layers)
         else:
             clean, prefix = adapter.forward(ids, hooks=capture), None
-        ce_clean = _token_ce(clean, ids).cpu()
+        # One log-softmax per condition that needs it serves both its CE (a gather) and the KL.
+        targets = ids[:, 1:, None]
         logp_clean = clean[:, :-1].float().log_softmax(-1)
         del clean
+        ce_clean = -logp_clean.gather(-1, targets).squeeze(-1).cpu()
+        p_clean = logp_clean.exp()
 
         def run(i: int, fn: HookFn) -> Tensor:
             if prefix is None:
@@ -432,10 +435,10 @@ def evaluate_many(
             x = acts[names[i]]
             res = reconstruct(sae, x, keep_error=keep_error, mask=m, encode_kwargs=kw)
             st.add_acts(x, res.x_hat, res.z, m)
-            spliced = run(i, lambda a, out=res.out: out)
-            ce_s = _token_ce(spliced, ids).cpu()
-            kl_tok = (logp_clean.exp() * (logp_clean - spliced[:, :-1].float().log_softmax(-1))).sum(-1).cpu()
-            del spliced
+            logp_s = run(i, lambda a, out=res.out: out)[:, :-1].float().log_softmax(-1)
+            ce_s = -logp_s.gather(-1, targets).squeeze(-1).cpu()
+            kl_tok = (p_clean * (logp_clean - logp_s)).sum(-1).cpu()
+            del logp_s
             ce_z = _token_ce(run(i, _replace(None, ablate_mask)), ids).cpu()
             st.ce["clean"] += float(ce_clean[lm].double().sum())
             st.ce["spliced"] += float(ce_s[lm].double().sum())
@@ -445,7 +448,7 @@ def evaluate_many(
             rows = slice(lo, lo + ids.shape[0])
             st.loss_delta[rows] = torch.where(lm, ce_s - ce_clean, float("nan"))
             st.ce_clean_tok[rows] = torch.where(lm, ce_clean, float("nan"))
-        del logp_clean, acts
+        del logp_clean, p_clean, acts
         kept.append((lo, ids, m, prefix))
 
     # The mean activation is over all evaluated tokens, so mean-ablation needs a second pass.
