@@ -28,7 +28,6 @@ This encoder splits the work in two, with the same outputs forward and backward:
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
@@ -39,7 +38,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from .base import SAE, SAEConfig, TrainLoss, check_input, mse_per_token
-from .sparse import _CSR_BETA
+from .sparse import sampled_dots
 
 _BLOCK = 128  # argmax block width; 64–128 measured best on the 2-core CPU
 _TIE_TOL = 1e-4  # near-tie band, relative to ‖r0‖, in which Gram selections are re-checked
@@ -368,12 +367,7 @@ def _pair_dots(y: Tensor, D: Tensor, idx: Tensor) -> Tensor:
     crow = torch.zeros(n + 1, dtype=torch.long, device=y.device)
     crow[1:] = first.sum(-1).cumsum(0)
     unique = cols[first]  # row-major, so sorted within each row
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_CSR_BETA, category=UserWarning)
-        pattern = torch.sparse_csr_tensor(
-            crow, unique, y.new_zeros(unique.shape[0]), (n, D.shape[0]), check_invariants=False
-        )
-    dots = torch.sparse.sampled_addmm(pattern, y, D.T, beta=0.0).values()
+    dots = sampled_dots(crow, unique, y, D)
     slot = first.reshape(-1).cumsum(0) - 1  # each sorted entry's unique dot
     return y.new_empty(n, k).scatter_(1, order, dots[slot].view(n, k))
 

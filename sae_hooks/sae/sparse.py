@@ -48,6 +48,19 @@ def sorted_ints(values: Int[Tensor, " n"]) -> Int[Tensor, " n"]:
 _CSR_BETA = "Sparse CSR tensor support is in beta state"
 
 
+def sampled_dots(crow: Int[Tensor, " n_plus_1"], cols: Int[Tensor, " nnz"], y: Float[Tensor, "n d"],
+                 W: Float[Tensor, "m d"]) -> Float[Tensor, " nnz"]:
+    """⟨y[i], W[cols[e]]⟩ for every entry e of row i of a CSR pattern: one SDDMM, no [nnz, d] gather.
+
+    The pattern must be valid CSR: ``crow`` row pointers, columns sorted and distinct within a row.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_CSR_BETA, category=UserWarning)
+        pattern = torch.sparse_csr_tensor(crow, cols, y.new_zeros(cols.shape[0]), (y.shape[0], W.shape[0]),
+                                          check_invariants=False)
+    return torch.sparse.sampled_addmm(pattern, y, W.T, beta=0.0).values()
+
+
 def row_offsets(rows: Int[Tensor, " nnz"], n_rows: int) -> Int[Tensor, " n_rows"]:
     """Start offset of each token's run in `rows` (which must be sorted)."""
     counts = torch.bincount(rows, minlength=n_rows)
@@ -144,13 +157,13 @@ class _SparseDecode(torch.autograd.Function):
         g = g.contiguous()
         grad_vals = grad_W = None
         if ctx.needs_input_grad[2]:
-            # SDDMM: (g @ W_decᵀ) sampled at the active (row, col) entries, one fused kernel.
+            # ⟨g[row], W_dec[col]⟩ per entry (SDDMM). CSR wants each row's columns sorted: sort the
+            # entries by (row, col) (rows are sorted already), then put the dots back in entry order.
+            d_sae = W_dec.shape[0]
+            order = stable_argsort(rows * d_sae + cols, ctx.n_rows * d_sae)
             crow = torch.cat([row_offsets(rows, ctx.n_rows), rows.new_tensor([rows.numel()])])
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=_CSR_BETA, category=UserWarning)
-                pattern = torch.sparse_csr_tensor(crow, cols, torch.zeros_like(vals), (ctx.n_rows, W_dec.shape[0]),
-                                                  check_invariants=False)
-                grad_vals = torch.sparse.sampled_addmm(pattern, g, W_dec.detach().T, beta=0.0).values()
+            dots = sampled_dots(crow, cols[order], g, W_dec.detach())
+            grad_vals = torch.empty_like(dots).scatter_(0, order, dots)
         if ctx.needs_input_grad[3]:
             grad_W = _csr_by_latent(rows, cols, vals.detach(), W_dec.shape[0], ctx.n_rows) @ g
         return None, None, grad_vals, grad_W, None
