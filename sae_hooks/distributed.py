@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -77,6 +78,11 @@ def init_distributed(device: str = "cpu", timeout_s: float = 300.0) -> DistConte
 def shutdown(ctx: DistContext) -> None:
     """Leave the process group (call in ``finally``; safe if it was never joined)."""
     if ctx.enabled and dist.is_initialized():
+        # Tear down together: a rank that closes its gloo connections while a peer is still
+        # working (rank 0 writing files) can make that peer's transport thread abort.
+        # A rank leaving on an exception skips this: its peers are stopped by torchrun.
+        if sys.exc_info()[0] is None:
+            dist.barrier()
         dist.destroy_process_group()
 
 

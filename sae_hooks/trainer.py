@@ -286,7 +286,7 @@ class Trainer:
     @torch.no_grad()
     def _init(self, acts: Mapping[str, Tensor]) -> None:
         """Norm scales and decoder biases from the first batch, pooled over ranks."""
-        for hook in {t.hook for t in self.targets}:
+        for hook in sorted({t.hook for t in self.targets}):  # same order on every rank (collectives below)
             x = acts[hook].to(self.device).float()
             sums = torch.tensor([x.pow(2).sum().item(), float(x.shape[0])], dtype=torch.float64)
             all_reduce_(self.dist, sums, "sum")

@@ -51,14 +51,21 @@ def _torchrun(script, *args, timeout=120):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env())
 
 
+def _why(r) -> str:
+    """The lines that say why a rank died (they scroll out of torchrun's long summary), then its tail."""
+    keys = ("terminate", "what()", "Error", "error", "Traceback", "Abort", "Signal")
+    lines = [ln for ln in (r.stdout + r.stderr).splitlines() if any(k in ln for k in keys)]
+    return "\n".join(lines[:40]) + "\n--- tail ---\n" + r.stderr[-1500:]
+
+
 def test_two_gloo_ranks_match_one_process(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     one = subprocess.run([sys.executable, str(script), str(tmp_path / "one.pt"), "ok"], capture_output=True,
                          text=True, timeout=120, env=_env())
-    assert one.returncode == 0, one.stderr[-2000:]
+    assert one.returncode == 0, _why(one)
     two = _torchrun(script, str(tmp_path / "two.pt"), "ok")
-    assert two.returncode == 0, two.stderr[-2000:]
+    assert two.returncode == 0, _why(two)
     a, b = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
     assert a["scale"] == pytest.approx(b["scale"], rel=1e-6)
     assert torch.equal(a["since"], b["since"])  # dead-latent counters reduced across ranks
