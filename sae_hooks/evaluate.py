@@ -291,9 +291,16 @@ class _Stats:
         return self.sum_x / self.n_act
 
 
-def _token_ce(logits: Tensor, ids: Tensor) -> Float[Tensor, "batch pred"]:
+def _next_targets(ids: Tensor) -> Int[Tensor, "batch pos"]:
+    """Token t+1 at position t; the last position (nothing to predict) gets -100, which CE ignores."""
+    return torch.cat([ids[:, 1:], ids.new_full((ids.shape[0], 1), -100)], 1)
+
+
+def _token_ce(logits: Tensor, targets: Tensor) -> Float[Tensor, "batch pred"]:
+    """Per-position next-token CE from logits [B, T, V] and ``_next_targets`` (no vocab-wide copy:
+    the logits stay contiguous, the last position is dropped from the [B, T] result)."""
     B, T, V = logits.shape
-    return F.cross_entropy(logits[:, :-1].reshape(-1, V).float(), ids[:, 1:].reshape(-1), reduction="none").view(B, T - 1)
+    return F.cross_entropy(logits.reshape(B * T, V).float(), targets.reshape(-1), reduction="none").view(B, T)[:, :-1]
 
 
 def _dots(a: Float[Tensor, "batch pred vocab"], b: Float[Tensor, "batch pred vocab"]) -> Float[Tensor, "batch pred"]:
@@ -422,10 +429,13 @@ def evaluate_many(
         else:
             clean, prefix = adapter.forward(ids, hooks=capture), None
         # One log-softmax per condition that needs it serves both its CE (a gather) and the KL.
-        targets = ids[:, 1:, None]
-        logp_clean = clean[:, :-1].float().log_softmax(-1)
+        # Vocab-wide passes run over the whole contiguous [B, T, V] logits (slicing off the last
+        # position first would copy them); the last position's results are dropped afterwards.
+        targets = _next_targets(ids)
+        gather_at = targets.clamp_min(0)[..., None]
+        logp_clean = clean.float().log_softmax(-1)
         del clean
-        ce_clean = -logp_clean.gather(-1, targets).squeeze(-1).cpu()
+        ce_clean = -logp_clean.gather(-1, gather_at).squeeze(-1)[:, :-1].cpu()
         p_clean = logp_clean.exp()
         # KL(p‖q) per token = Σ p·log p − Σ p·log q: batched dot products, no vocab-wide temporary.
         neg_entropy = _dots(p_clean, logp_clean)
@@ -443,11 +453,11 @@ def evaluate_many(
             x = acts[names[i]]
             res = reconstruct(sae, x, keep_error=keep_error, mask=m, encode_kwargs=kw)
             st.add_acts(x, res.x_hat, res.z, m)
-            logp_s = run(i, lambda a, out=res.out: out)[:, :-1].float().log_softmax(-1)
-            ce_s = -logp_s.gather(-1, targets).squeeze(-1).cpu()
-            kl_tok = (neg_entropy - _dots(p_clean, logp_s)).clamp_min_(0).cpu()  # >= 0; rounding aside
+            logp_s = run(i, lambda a, out=res.out: out).float().log_softmax(-1)
+            ce_s = -logp_s.gather(-1, gather_at).squeeze(-1)[:, :-1].cpu()
+            kl_tok = (neg_entropy - _dots(p_clean, logp_s))[:, :-1].clamp_min_(0).cpu()  # >= 0; rounding aside
             del logp_s
-            ce_z = _token_ce(run(i, _replace(None, ablate_mask)), ids).cpu()
+            ce_z = _token_ce(run(i, _replace(None, ablate_mask)), targets).cpu()
             st.ce["clean"] += float(ce_clean[lm].double().sum())
             st.ce["spliced"] += float(ce_s[lm].double().sum())
             st.ce["zero"] += float(ce_z[lm].double().sum())
@@ -472,7 +482,7 @@ def evaluate_many(
                 from .adapters.hf import Prefix
 
                 logits = adapter.resume(Prefix(sites[i].layer, prefix.calls), {names[i]: fn})
-            stats[i].ce["mean"] += float(_token_ce(logits, ids).cpu()[lm].double().sum())
+            stats[i].ce["mean"] += float(_token_ce(logits, _next_targets(ids)).cpu()[lm].double().sum())
     kept.clear()
 
     reports = []
