@@ -3,12 +3,17 @@
 import pytest
 import torch
 
+from sae_hooks._native import NATIVE_ENV, load_kernel
 from sae_hooks.sae import make_sae
 from sae_hooks.sae.mp import matching_pursuit, padded_gram
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
+@pytest.fixture(autouse=True, params=["native", "torch"])
+def _one_thread(request, monkeypatch):
+    """Every test runs on both selection paths: the C kernel and the PyTorch ops."""
+    if request.param == "native" and load_kernel("mp_kernel") is None:
+        pytest.skip("no C compiler here: the PyTorch path is tested alone")
+    monkeypatch.setenv(NATIVE_ENV, "1" if request.param == "native" else "0")
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

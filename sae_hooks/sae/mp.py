@@ -27,6 +27,7 @@ This encoder splits the work in two, with the same outputs forward and backward:
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from .._native import load_kernel
 from .base import SAE, SAEConfig, TrainLoss, check_input, mse_per_token
 from .sparse import sampled_dots
 
@@ -164,6 +166,8 @@ def _pursue_rows(
     """
     n_rows = r.shape[0]
     d_sae = D.shape[0]
+    if gram is not None and _native_pursue(r, D, gram, k, residual_threshold, stop_dup, idx, vals, norms):
+        return
     block = min(_BLOCK, d_sae)
     width = -(-d_sae // block) * block
     if width == d_sae:
@@ -214,9 +218,50 @@ def _pursue_rows(
             else:
                 c[:, :d_sae] = r @ D.T
     if not stopping:
-        # Each step lowers ‖r‖² by exactly v² (unit atoms): no per-step norm needed.
-        sq = norms[:, :1].square() - vals.square().cumsum(1)
-        norms[:, 1:] = sq.clamp_min_(0).sqrt_()
+        _norms_from_values(norms, vals)
+
+
+def _norms_from_values(norms: Tensor, vals: Tensor) -> None:
+    """Each step lowers ‖r‖² by exactly v² (unit atoms): no per-step norm needed."""
+    sq = norms[:, :1].square() - vals.square().cumsum(1)
+    norms[:, 1:] = sq.clamp_min_(0).sqrt_()
+
+
+_KERNEL_TYPES = {torch.float32: ("f32", ctypes.c_float), torch.float64: ("f64", ctypes.c_double)}
+
+
+def _native_pursue(
+    r: Tensor, D: Tensor, gram: Tensor, k: int, residual_threshold: float, stop_dup: bool,
+    idx: Tensor, vals: Tensor, norms: Tensor,
+) -> bool:
+    """`_pursue_rows` in C (sae_hooks/sae/mp_kernel.c): each token runs all its steps with its
+    correlations in cache. Same choices and stopping rules; values differ from the PyTorch
+    path only by summation order (~1e-7 relative in fp32). False if the kernel cannot run here
+    (GPU, other dtypes, no C compiler): the caller then takes the PyTorch path."""
+    kind = _KERNEL_TYPES.get(D.dtype)
+    if kind is None or D.device.type != "cpu" or gram.dtype != D.dtype or r.dtype != D.dtype:
+        return False
+    tensors = (r, D, gram, idx, vals, norms)
+    if not all(t.is_contiguous() for t in tensors) or idx.dtype != torch.long:
+        return False
+    lib = load_kernel("mp_kernel")
+    if lib is None:
+        return False
+    suffix, ctype = kind
+    fn = getattr(lib, f"mp_pursue_{suffix}")
+    c = r @ D.T  # [rows, d_sae]: the one dense product, batched
+    norms[:, 0] = r.norm(dim=-1)
+    tol = _TIE_TOL * norms[:, 0]
+    ptr = ctypes.c_void_p
+    i64 = ctypes.c_int64
+    fn.restype = i64
+    fn(i64(r.shape[0]), i64(r.shape[1]), i64(D.shape[0]), ptr(c.data_ptr()), i64(c.stride(0)),
+       ptr(r.data_ptr()), ptr(D.data_ptr()), ptr(gram.data_ptr()), i64(gram.stride(0)), i64(k),
+       ctypes.c_double(residual_threshold), ctypes.c_int32(int(stop_dup)), ctypes.c_double(_TIE_TOL),
+       i64(_BAND_MAX), ptr(tol.data_ptr()), ptr(idx.data_ptr()), ptr(vals.data_ptr()), ptr(norms.data_ptr()))
+    if not (residual_threshold > 0 or stop_dup):
+        _norms_from_values(norms, vals)
+    return True
 
 
 @torch.no_grad()

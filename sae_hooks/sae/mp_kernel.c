@@ -1,0 +1,169 @@
+/* Matching-pursuit selection, one token (row) at a time, with Gram-row correlation updates.
+ *
+ * The PyTorch path updates a [rows, d_sae] correlation matrix with one op per step, so every
+ * step streams the whole matrix through memory two or three times. Here each row runs all its
+ * steps while its correlations (d_sae floats, 18 KB at 4,608 latents) stay in the L1/L2 cache:
+ * per step one fused pass "c -= v * G[j]; track the first maximum", one counting pass for
+ * near-ties, and O(d_in) work on the explicit residual. Rows are independent; the caller runs
+ * shards of rows in parallel threads (this file uses no threads of its own).
+ *
+ * Semantics are those of sae_hooks/sae/mp.py `_pursue_rows` (the PyTorch path):
+ *   j = first index of max c (c = D r kept up to date with Gram rows; ReLU never changes the
+ *       argmax unless every c <= 0, where v = 0 anyway);
+ *   if another entry is within `tol` of the maximum (Gram drift could have swapped them), the
+ *       choice is redone from the exact dots <r, D_i> of the entries in that band (first best
+ *       wins); past `band_max` entries the row's correlations are recomputed exactly as D r and
+ *       its tol restarts at tie_tol * ||r||;
+ *   v = max(0, <r, D_j>); r -= v D_j; stopping rules as in mp.py.
+ * Built twice by the macro below: float (f32) and double (f64).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define LANES 16
+
+#define DEFINE_MP(T, SUF, SQRT)                                                                   \
+                                                                                                  \
+static T dot_##SUF(const T *a, const T *b, int64_t n) {                                           \
+    T acc[LANES] = {0};                                                                           \
+    int64_t i = 0;                                                                                \
+    for (; i + LANES <= n; i += LANES) {                                                          \
+        _Pragma("omp simd")                                                                       \
+        for (int l = 0; l < LANES; l++) acc[l] += a[i + l] * b[i + l];                            \
+    }                                                                                             \
+    T s = 0;                                                                                      \
+    for (; i < n; i++) s += a[i] * b[i];                                                          \
+    for (int l = 0; l < LANES; l++) s += acc[l];                                                  \
+    return s;                                                                                     \
+}                                                                                                 \
+                                                                                                  \
+/* First index of the maximum of c[0..n); writes the maximum to *best. */                        \
+static int64_t argmax_##SUF(const T *c, int64_t n, T *best) {                                     \
+    T bv[LANES];                                                                                  \
+    int64_t bi[LANES];                                                                            \
+    for (int l = 0; l < LANES; l++) { bv[l] = -INFINITY; bi[l] = INT64_MAX; }                     \
+    int64_t i = 0;                                                                                \
+    for (; i + LANES <= n; i += LANES) {                                                          \
+        _Pragma("omp simd")                                                                       \
+        for (int l = 0; l < LANES; l++) {                                                         \
+            T x = c[i + l];                                                                       \
+            int better = x > bv[l];                                                               \
+            bv[l] = better ? x : bv[l];                                                           \
+            bi[l] = better ? i + l : bi[l];                                                       \
+        }                                                                                         \
+    }                                                                                             \
+    T m = -INFINITY;                                                                              \
+    int64_t j = INT64_MAX;                                                                        \
+    for (int l = 0; l < LANES; l++)                                                               \
+        if (bv[l] > m || (bv[l] == m && bi[l] < j)) { m = bv[l]; j = bi[l]; }                     \
+    for (; i < n; i++)                                                                            \
+        if (c[i] > m) { m = c[i]; j = i; }                                                        \
+    if (j == INT64_MAX) j = 0; /* n == 0 or every entry -inf */                                   \
+    *best = m;                                                                                    \
+    return j;                                                                                     \
+}                                                                                                 \
+                                                                                                  \
+/* c -= v * g, fused with the first-maximum search of the updated c. */                          \
+static int64_t update_argmax_##SUF(T *c, const T *g, T v, int64_t n, T *best) {                   \
+    T bv[LANES];                                                                                  \
+    int64_t bi[LANES];                                                                            \
+    for (int l = 0; l < LANES; l++) { bv[l] = -INFINITY; bi[l] = INT64_MAX; }                     \
+    int64_t i = 0;                                                                                \
+    for (; i + LANES <= n; i += LANES) {                                                          \
+        _Pragma("omp simd")                                                                       \
+        for (int l = 0; l < LANES; l++) {                                                         \
+            T x = c[i + l] - v * g[i + l];                                                        \
+            c[i + l] = x;                                                                         \
+            int better = x > bv[l];                                                               \
+            bv[l] = better ? x : bv[l];                                                           \
+            bi[l] = better ? i + l : bi[l];                                                       \
+        }                                                                                         \
+    }                                                                                             \
+    T m = -INFINITY;                                                                              \
+    int64_t j = INT64_MAX;                                                                        \
+    for (int l = 0; l < LANES; l++)                                                               \
+        if (bv[l] > m || (bv[l] == m && bi[l] < j)) { m = bv[l]; j = bi[l]; }                     \
+    for (; i < n; i++) {                                                                          \
+        T x = c[i] - v * g[i];                                                                    \
+        c[i] = x;                                                                                 \
+        if (x > m) { m = x; j = i; }                                                              \
+    }                                                                                             \
+    if (j == INT64_MAX) j = 0;                                                                    \
+    *best = m;                                                                                    \
+    return j;                                                                                     \
+}                                                                                                 \
+                                                                                                  \
+static int64_t count_ge_##SUF(const T *c, int64_t n, T floor_) {                                  \
+    int64_t cnt = 0;                                                                              \
+    _Pragma("omp simd reduction(+:cnt)")                                                          \
+    for (int64_t i = 0; i < n; i++) cnt += c[i] >= floor_;                                        \
+    return cnt;                                                                                   \
+}                                                                                                 \
+                                                                                                  \
+/* Pursue rows [0, n_rows). c: [n_rows, c_stride] holding D r on entry (scratch afterwards);     \
+ * r: [n_rows, d_in] residual, in/out; D: [d_sae, d_in]; G: [d_sae, g_stride];                   \
+ * tol: [n_rows] near-tie band per row (in/out); idx/vals: [n_rows, k]; norms: [n_rows, k+1]     \
+ * with norms[:, 0] filled by the caller (written only when stopping rules are on).              \
+ * Returns the number of rows whose correlations had to be recomputed in full. */                \
+int64_t mp_pursue_##SUF(int64_t n_rows, int64_t d_in, int64_t d_sae, T *c, int64_t c_stride,     \
+                        T *r, const T *D, const T *G, int64_t g_stride, int64_t k,               \
+                        double residual_threshold, int32_t stop_dup, double tie_tol,             \
+                        int64_t band_max, T *tol, int64_t *idx, T *vals, T *norms) {             \
+    int64_t recomputed = 0;                                                                       \
+    int stopping = residual_threshold > 0 || stop_dup;                                            \
+    for (int64_t n = 0; n < n_rows; n++) {                                                        \
+        T *cr = c + n * c_stride, *rr = r + n * d_in, *vr = vals + n * k, *nr = norms + n * (k + 1); \
+        int64_t *ir = idx + n * k;                                                                \
+        T m;                                                                                      \
+        int64_t j = argmax_##SUF(cr, d_sae, &m);                                                  \
+        int done = 0;                                                                             \
+        for (int64_t t = 0; t < k; t++) {                                                         \
+            if (done) { ir[t] = 0; vr[t] = 0; nr[t + 1] = nr[t]; continue; }                      \
+            if (count_ge_##SUF(cr, d_sae, m - tol[n]) > 1) {                                      \
+                /* Near-tie: decide from the exact dots of the in-band atoms. */                  \
+                T floor_ = m - tol[n];                                                            \
+                if (count_ge_##SUF(cr, d_sae, floor_) > band_max) {                               \
+                    for (int64_t i = 0; i < d_sae; i++) cr[i] = dot_##SUF(rr, D + i * d_in, d_in); \
+                    j = argmax_##SUF(cr, d_sae, &m);                                              \
+                    T sq = dot_##SUF(rr, rr, d_in);                                               \
+                    tol[n] = (T)(tie_tol * SQRT(sq));                                             \
+                    recomputed++;                                                                 \
+                } else {                                                                          \
+                    T bestx = -INFINITY;                                                          \
+                    for (int64_t i = 0; i < d_sae; i++) {                                         \
+                        if (cr[i] >= floor_) {                                                    \
+                            T e = dot_##SUF(rr, D + i * d_in, d_in);                              \
+                            if (e > bestx) { bestx = e; j = i; }                                  \
+                        }                                                                         \
+                    }                                                                             \
+                }                                                                                 \
+            }                                                                                     \
+            const T *a = D + j * d_in;                                                            \
+            T v = dot_##SUF(rr, a, d_in);                                                         \
+            if (!(v > 0)) v = 0;                                                                  \
+            ir[t] = j;                                                                            \
+            vr[t] = v;                                                                            \
+            _Pragma("omp simd")                                                                   \
+            for (int64_t i = 0; i < d_in; i++) rr[i] -= v * a[i];                                 \
+            if (stopping) {                                                                       \
+                nr[t + 1] = SQRT(dot_##SUF(rr, rr, d_in));                                        \
+                if (stop_dup) {                                                                   \
+                    int seen = v == 0;                                                            \
+                    for (int64_t s = 0; s < t && !seen; s++) seen = ir[s] == j && vr[s] > 0;      \
+                    done |= seen;                                                                 \
+                }                                                                                 \
+                if (residual_threshold > 0 && nr[t + 1] < residual_threshold) done = 1;           \
+            }                                                                                     \
+            if (t + 1 < k && !done)                                                               \
+                j = update_argmax_##SUF(cr, G + j * g_stride, v, d_sae, &m);                      \
+        }                                                                                         \
+    }                                                                                             \
+    return recomputed;                                                                            \
+}
+
+DEFINE_MP(float, f32, sqrtf)
+DEFINE_MP(double, f64, sqrt)
+
+/* Lets the loader check that it opened a library built from this very source. */
+int64_t mp_kernel_abi(void) { return 1; }

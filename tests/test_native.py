@@ -1,0 +1,96 @@
+"""The C matching-pursuit kernel: same pursuit as the PyTorch path in fp32, and a clean fallback."""
+
+import warnings
+
+import pytest
+import torch
+
+import sae_hooks._native as native
+from sae_hooks.sae.mp import matching_pursuit, padded_gram
+
+needs_kernel = pytest.mark.skipif(native.load_kernel("mp_kernel") is None, reason="no C compiler here")
+
+
+def _dictionary(seed, n=400, d_in=64, d_sae=520):
+    g = torch.Generator().manual_seed(seed)
+    D = torch.randn(d_sae, d_in, generator=g)
+    D /= D.norm(dim=-1, keepdim=True)
+    x = torch.randn(n, d_in, generator=g) * 3
+    return D, x
+
+
+def _both(monkeypatch, *args, **kw):
+    out = {}
+    for env in ("1", "0"):
+        monkeypatch.setenv(native.NATIVE_ENV, env)
+        out[env] = matching_pursuit(*args, **kw)
+    return out["1"], out["0"]
+
+
+@needs_kernel
+@pytest.mark.parametrize("stop", [{}, {"residual_threshold": 8.0}, {"stop_on_duplicate_support": True}])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_kernel_matches_torch_path_in_fp32(monkeypatch, stop, threads):
+    # d_sae 520 is not a multiple of the argmax block: the Gram matrix carries padding columns.
+    D, x = _dictionary(threads)
+    n = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        fast, ref = _both(monkeypatch, x, D, 24, gram=padded_gram(D), **stop)
+    finally:
+        torch.set_num_threads(n)
+    assert torch.equal(fast.indices, ref.indices)
+    torch.testing.assert_close(fast.values, ref.values, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast.residual, ref.residual, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast.norms, ref.norms, rtol=1e-5, atol=1e-5)
+    if stop:  # the stopping rules really stopped some tokens early
+        assert bool((fast.values == 0).any())
+
+
+@needs_kernel
+def test_kernel_gradients_match_torch_path(monkeypatch):
+    D, x = _dictionary(3, n=64)
+    grads = []
+    for env in ("1", "0"):
+        monkeypatch.setenv(native.NATIVE_ENV, env)
+        Dg, xg = D.clone().requires_grad_(), x.clone().requires_grad_()
+        res = matching_pursuit(xg, Dg, 16, gram=padded_gram(D))
+        (res.values.square().sum() + res.residual.square().sum()).backward()
+        grads.append((Dg.grad, xg.grad))
+    for a, b in zip(*grads):  # values differ by fp32 summation order (~1e-7), gradients follow
+        assert float((a - b).abs().max() / b.abs().max()) < 1e-5
+
+
+def test_without_a_compiler_the_torch_path_runs_with_one_warning(monkeypatch, tmp_path):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv("SAE_HOOKS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(native, "_loaded", {})
+    with pytest.warns(RuntimeWarning, match="mp_kernel.*unavailable.*PyTorch path"):
+        assert native.load_kernel("mp_kernel") is None
+    D, x = _dictionary(4, n=32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once per process, not at every call
+        res = matching_pursuit(x, D, 8, gram=padded_gram(D))
+    assert not list((tmp_path / "cache").rglob("*.so"))
+    x_hat = x - res.residual
+    assert torch.allclose(res.norms[:, -1], res.residual.norm(dim=-1), atol=1e-4)
+    assert float((x - x_hat).norm()) < float(x.norm())
+
+
+@needs_kernel
+def test_kernel_is_built_once_and_reused(monkeypatch, tmp_path):
+    monkeypatch.setenv("SAE_HOOKS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(native, "_loaded", {})
+    assert native.load_kernel("mp_kernel") is not None
+    (so,) = (tmp_path / "cache" / "kernels").glob("mp_kernel-*.so")
+    stamp = so.stat().st_mtime_ns
+    monkeypatch.setattr(native, "_loaded", {})
+    monkeypatch.setattr(native, "_build", lambda *a: pytest.fail("rebuilt a cached kernel"))
+    assert native.load_kernel("mp_kernel") is not None
+    assert so.stat().st_mtime_ns == stamp
+    assert not list(so.parent.glob("*.tmp"))
+
+
+def test_native_env_switch(monkeypatch):
+    monkeypatch.setenv(native.NATIVE_ENV, "0")
+    assert native.load_kernel("mp_kernel") is None and not native.native_enabled()
