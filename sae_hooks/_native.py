@@ -27,7 +27,7 @@ from pathlib import Path
 __all__ = ["load_kernel", "native_enabled", "NATIVE_ENV"]
 
 NATIVE_ENV = "SAE_HOOKS_NATIVE"
-_FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fPIC", "-shared", "-std=c11"]
+_FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp-simd", "-fPIC", "-shared", "-std=c11"]
 _lock = threading.Lock()
 _loaded: dict[str, ctypes.CDLL | None] = {}
 

@@ -255,10 +255,12 @@ def _native_pursue(
     ptr = ctypes.c_void_p
     i64 = ctypes.c_int64
     fn.restype = i64
-    fn(i64(r.shape[0]), i64(r.shape[1]), i64(D.shape[0]), ptr(c.data_ptr()), i64(c.stride(0)),
+    status = fn(i64(r.shape[0]), i64(r.shape[1]), i64(D.shape[0]), ptr(c.data_ptr()), i64(c.stride(0)),
        ptr(r.data_ptr()), ptr(D.data_ptr()), ptr(gram.data_ptr()), i64(gram.stride(0)), i64(k),
        ctypes.c_double(residual_threshold), ctypes.c_int32(int(stop_dup)), ctypes.c_double(_TIE_TOL),
        i64(_BAND_MAX), ptr(tol.data_ptr()), ptr(idx.data_ptr()), ptr(vals.data_ptr()), ptr(norms.data_ptr()))
+    if status < 0:
+        raise MemoryError(f"MP kernel: could not allocate {D.shape[0]} scratch correlations.")
     if not (residual_threshold > 0 or stop_dup):
         _norms_from_values(norms, vals)
     return True

@@ -1,10 +1,14 @@
 /* Matching-pursuit selection, one token (row) at a time, with Gram-row correlation updates.
  *
  * The PyTorch path updates a [rows, d_sae] correlation matrix with one op per step, so every
- * step streams the whole matrix through memory two or three times. Here each row runs all its
- * steps while its correlations (d_sae floats, 18 KB at 4,608 latents) stay in the L1/L2 cache:
- * per step one fused pass "c -= v * G[j]; track the first maximum", one counting pass for
- * near-ties, and O(d_in) work on the explicit residual. Rows are independent; the caller runs
+ * step streams the whole matrix through memory two or three times. Here a few tokens (GR) run
+ * all their steps together while their correlations (d_sae floats each, 18 KB at 4,608
+ * latents) stay in the L1/L2 cache: per step one fused pass "c -= v * G[j]; track the first
+ * maximum and the runner-up" (GR Gram rows streamed at once: the Gram matrix lives in memory,
+ * and several streams keep more requests in flight than one), a counting pass only when the
+ * runner-up is within the near-tie band, and O(d_in) work on the explicit residual.
+ * Measured here (1,024 tokens, 576 -> 4,608, k 32, one thread): 134 ms one token at a time,
+ * 78-85 ms four at a time with the runner-up tracked. Rows are independent; the caller runs
  * shards of rows in parallel threads (this file uses no threads of its own).
  *
  * Semantics are those of sae_hooks/sae/mp.py `_pursue_rows` (the PyTorch path):
@@ -19,9 +23,11 @@
  */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define LANES 16
+#define GR 4 /* tokens pursued together */
 
 #define DEFINE_MP(T, SUF, SQRT)                                                                   \
                                                                                                   \
@@ -94,6 +100,54 @@ static int64_t update_argmax_##SUF(T *c, const T *g, T v, int64_t n, T *best) { 
     return j;                                                                                     \
 }                                                                                                 \
                                                                                                   \
+/* The same for GR tokens at once: GR independent streams keep more memory requests in flight    \
+ * (one Gram row each), which is what bounds the single-token loop. */                          \
+static void update_argmax_multi_##SUF(T *const *c, const T *const *g, const T *v, int64_t n,     \
+                                      int64_t *j, T *best, T *second) {                          \
+    T bv[GR][LANES], sv[GR][LANES];                                                               \
+    int64_t bi[GR][LANES];                                                                        \
+    for (int q = 0; q < GR; q++)                                                                  \
+        for (int l = 0; l < LANES; l++) { bv[q][l] = sv[q][l] = -INFINITY; bi[q][l] = INT64_MAX; } \
+    int64_t i = 0;                                                                                \
+    for (; i + LANES <= n; i += LANES) {                                                          \
+        for (int q = 0; q < GR; q++) {                                                            \
+            T *cq = c[q];                                                                         \
+            const T *gq = g[q];                                                                   \
+            T vq = v[q];                                                                          \
+            _Pragma("omp simd")                                                                   \
+            for (int l = 0; l < LANES; l++) {                                                     \
+                T x = cq[i + l] - vq * gq[i + l];                                                 \
+                cq[i + l] = x;                                                                    \
+                T lo = x < bv[q][l] ? x : bv[q][l];                                               \
+                sv[q][l] = lo > sv[q][l] ? lo : sv[q][l];                                         \
+                int better = x > bv[q][l];                                                        \
+                bv[q][l] = better ? x : bv[q][l];                                                 \
+                bi[q][l] = better ? i + l : bi[q][l];                                             \
+            }                                                                                     \
+        }                                                                                         \
+    }                                                                                             \
+    for (int q = 0; q < GR; q++) {                                                                \
+        T m = -INFINITY;                                                                          \
+        int64_t jj = INT64_MAX;                                                                   \
+        int wl = 0;                                                                               \
+        for (int l = 0; l < LANES; l++)                                                           \
+            if (bv[q][l] > m || (bv[q][l] == m && bi[q][l] < jj)) { m = bv[q][l]; jj = bi[q][l]; wl = l; } \
+        T sec = sv[q][wl];  /* runner-up: the winning lane's second or another lane's best */     \
+        for (int l = 0; l < LANES; l++)                                                           \
+            if (l != wl && bv[q][l] > sec) sec = bv[q][l];                                        \
+        for (int64_t ii = i; ii < n; ii++) {                                                      \
+            T x = c[q][ii] - v[q] * g[q][ii];                                                     \
+            c[q][ii] = x;                                                                         \
+            if (x > m) { sec = m; m = x; jj = ii; }                                               \
+            else if (x > sec) sec = x;                                                            \
+        }                                                                                         \
+        if (jj == INT64_MAX) jj = 0;                                                              \
+        j[q] = jj;                                                                                \
+        best[q] = m;                                                                              \
+        second[q] = sec;                                                                          \
+    }                                                                                             \
+}                                                                                                 \
+                                                                                                  \
 static int64_t count_ge_##SUF(const T *c, int64_t n, T floor_) {                                  \
     int64_t cnt = 0;                                                                              \
     _Pragma("omp simd reduction(+:cnt)")                                                          \
@@ -112,53 +166,78 @@ int64_t mp_pursue_##SUF(int64_t n_rows, int64_t d_in, int64_t d_sae, T *c, int64
                         int64_t band_max, T *tol, int64_t *idx, T *vals, T *norms) {             \
     int64_t recomputed = 0;                                                                       \
     int stopping = residual_threshold > 0 || stop_dup;                                            \
-    for (int64_t n = 0; n < n_rows; n++) {                                                        \
-        T *cr = c + n * c_stride, *rr = r + n * d_in, *vr = vals + n * k, *nr = norms + n * (k + 1); \
-        int64_t *ir = idx + n * k;                                                                \
-        T m;                                                                                      \
-        int64_t j = argmax_##SUF(cr, d_sae, &m);                                                  \
-        int done = 0;                                                                             \
+    T *spare = (T *)calloc((size_t)d_sae, sizeof(T)); /* stands in for missing group members */   \
+    if (!spare) return -1;                                                                        \
+    for (int64_t n0 = 0; n0 < n_rows; n0 += GR) {                                                 \
+        int ng = n_rows - n0 < GR ? (int)(n_rows - n0) : GR;                                      \
+        T m[GR], v[GR], sec[GR];                                                                  \
+        int64_t j[GR];                                                                            \
+        int done[GR];                                                                             \
+        T *cp[GR];                                                                                \
+        const T *gp[GR];                                                                          \
+        for (int q = 0; q < ng; q++) {                                                            \
+            j[q] = argmax_##SUF(c + (n0 + q) * c_stride, d_sae, &m[q]);                           \
+            sec[q] = m[q]; /* unknown at the first step: let the counting pass decide */          \
+            done[q] = 0;                                                                          \
+        }                                                                                         \
         for (int64_t t = 0; t < k; t++) {                                                         \
-            if (done) { ir[t] = 0; vr[t] = 0; nr[t + 1] = nr[t]; continue; }                      \
-            if (count_ge_##SUF(cr, d_sae, m - tol[n]) > 1) {                                      \
-                /* Near-tie: decide from the exact dots of the in-band atoms. */                  \
-                T floor_ = m - tol[n];                                                            \
-                if (count_ge_##SUF(cr, d_sae, floor_) > band_max) {                               \
-                    for (int64_t i = 0; i < d_sae; i++) cr[i] = dot_##SUF(rr, D + i * d_in, d_in); \
-                    j = argmax_##SUF(cr, d_sae, &m);                                              \
-                    T sq = dot_##SUF(rr, rr, d_in);                                               \
-                    tol[n] = (T)(tie_tol * SQRT(sq));                                             \
-                    recomputed++;                                                                 \
-                } else {                                                                          \
-                    T bestx = -INFINITY;                                                          \
-                    for (int64_t i = 0; i < d_sae; i++) {                                         \
-                        if (cr[i] >= floor_) {                                                    \
-                            T e = dot_##SUF(rr, D + i * d_in, d_in);                              \
-                            if (e > bestx) { bestx = e; j = i; }                                  \
+            for (int q = 0; q < ng; q++) {                                                        \
+                int64_t n = n0 + q;                                                               \
+                T *cr = c + n * c_stride, *rr = r + n * d_in, *vr = vals + n * k, *nr = norms + n * (k + 1); \
+                int64_t *ir = idx + n * k;                                                        \
+                v[q] = 0;                                                                         \
+                if (done[q]) { ir[t] = 0; vr[t] = 0; nr[t + 1] = nr[t]; continue; }               \
+                T floor_ = m[q] - tol[n];                                                         \
+                if (sec[q] >= floor_ && count_ge_##SUF(cr, d_sae, floor_) > 1) {                  \
+                    /* Near-tie: decide from the exact dots of the in-band atoms. */              \
+                    if (count_ge_##SUF(cr, d_sae, floor_) > band_max) {                           \
+                        for (int64_t i = 0; i < d_sae; i++) cr[i] = dot_##SUF(rr, D + i * d_in, d_in); \
+                        j[q] = argmax_##SUF(cr, d_sae, &m[q]);                                    \
+                        tol[n] = (T)(tie_tol * SQRT(dot_##SUF(rr, rr, d_in)));                    \
+                        recomputed++;                                                             \
+                    } else {                                                                      \
+                        T bestx = -INFINITY;                                                      \
+                        for (int64_t i = 0; i < d_sae; i++) {                                     \
+                            if (cr[i] >= floor_) {                                                \
+                                T e = dot_##SUF(rr, D + i * d_in, d_in);                          \
+                                if (e > bestx) { bestx = e; j[q] = i; }                           \
+                            }                                                                     \
                         }                                                                         \
                     }                                                                             \
                 }                                                                                 \
-            }                                                                                     \
-            const T *a = D + j * d_in;                                                            \
-            T v = dot_##SUF(rr, a, d_in);                                                         \
-            if (!(v > 0)) v = 0;                                                                  \
-            ir[t] = j;                                                                            \
-            vr[t] = v;                                                                            \
-            _Pragma("omp simd")                                                                   \
-            for (int64_t i = 0; i < d_in; i++) rr[i] -= v * a[i];                                 \
-            if (stopping) {                                                                       \
-                nr[t + 1] = SQRT(dot_##SUF(rr, rr, d_in));                                        \
-                if (stop_dup) {                                                                   \
-                    int seen = v == 0;                                                            \
-                    for (int64_t s = 0; s < t && !seen; s++) seen = ir[s] == j && vr[s] > 0;      \
-                    done |= seen;                                                                 \
+                const T *a = D + j[q] * d_in;                                                     \
+                T vq = dot_##SUF(rr, a, d_in);                                                    \
+                if (!(vq > 0)) vq = 0;                                                            \
+                ir[t] = j[q];                                                                     \
+                vr[t] = vq;                                                                       \
+                v[q] = vq;                                                                        \
+                _Pragma("omp simd")                                                               \
+                for (int64_t i = 0; i < d_in; i++) rr[i] -= vq * a[i];                            \
+                if (stopping) {                                                                   \
+                    nr[t + 1] = SQRT(dot_##SUF(rr, rr, d_in));                                    \
+                    if (stop_dup) {                                                               \
+                        int seen = vq == 0;                                                       \
+                        for (int64_t s = 0; s < t && !seen; s++) seen = ir[s] == j[q] && vr[s] > 0; \
+                        done[q] |= seen;                                                          \
+                    }                                                                             \
+                    if (residual_threshold > 0 && nr[t + 1] < residual_threshold) done[q] = 1;    \
                 }                                                                                 \
-                if (residual_threshold > 0 && nr[t + 1] < residual_threshold) done = 1;           \
             }                                                                                     \
-            if (t + 1 < k && !done)                                                               \
-                j = update_argmax_##SUF(cr, G + j * g_stride, v, d_sae, &m);                      \
+            if (t + 1 == k) break;                                                                \
+            T vv[GR], mn[GR], sn[GR];                                                             \
+            int64_t jn[GR];                                                                       \
+            for (int q = 0; q < GR; q++) {                                                        \
+                int live = q < ng && !done[q];                                                    \
+                cp[q] = live ? c + (n0 + q) * c_stride : spare;                                   \
+                gp[q] = live ? G + j[q] * g_stride : G;                                           \
+                vv[q] = live ? v[q] : 0;                                                          \
+            }                                                                                     \
+            update_argmax_multi_##SUF(cp, gp, vv, d_sae, jn, mn, sn);                             \
+            for (int q = 0; q < ng; q++)                                                          \
+                if (!done[q]) { j[q] = jn[q]; m[q] = mn[q]; sec[q] = sn[q]; }                     \
         }                                                                                         \
     }                                                                                             \
+    free(spare);                                                                                  \
     return recomputed;                                                                            \
 }
 
