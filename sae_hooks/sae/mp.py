@@ -157,17 +157,22 @@ def _exact_choice(
 
 def _pursue_rows(
     r: Tensor, D: Tensor, gram: Tensor | None, k: int, residual_threshold: float,
-    stop_dup: bool, idx: Tensor, vals: Tensor, norms: Tensor,
+    stop_dup: bool, idx: Tensor, vals: Tensor, norms: Tensor, D_corr: Tensor | None = None,
 ) -> None:
     """Pursue a chunk of rows in place: `r` [c, d_in] ends as the residual; fills the rest.
+
+    ``D_corr`` (bf16, with a bf16 ``gram``) gives the starting correlations in training under
+    bf16 autocast (see `_native_pursue`); None means D itself.
 
     Values are ⟨r, D_j⟩ on the explicit residual, the reference loop's arithmetic; only the
     correlations that choose j come from the Gram update.
     """
     n_rows = r.shape[0]
     d_sae = D.shape[0]
-    if gram is not None and _native_pursue(r, D, gram, k, residual_threshold, stop_dup, idx, vals, norms):
+    if gram is not None and _native_pursue(r, D, gram, k, residual_threshold, stop_dup, idx, vals, norms, D_corr):
         return
+    if gram is not None and gram.dtype != D.dtype:
+        gram = gram.to(D.dtype)  # a low-precision Gram matrix without the kernel (slow, rare)
     block = min(_BLOCK, d_sae)
     width = -(-d_sae // block) * block
     if width == d_sae:
@@ -227,31 +232,46 @@ def _norms_from_values(norms: Tensor, vals: Tensor) -> None:
     norms[:, 1:] = sq.clamp_min_(0).sqrt_()
 
 
-_KERNEL_TYPES = {torch.float32: ("f32", ctypes.c_float), torch.float64: ("f64", ctypes.c_double)}
+# (D dtype, Gram dtype) -> kernel entry point in mp_kernel.c
+_KERNELS = {(torch.float32, torch.float32): "mp_pursue_f32", (torch.float64, torch.float64): "mp_pursue_f64",
+            (torch.float32, torch.bfloat16): "mp_pursue_f32_bf16gram"}
+
+
+def _kernel(D: Tensor, gram: Tensor | None) -> Any:
+    """The C entry point for this dictionary and Gram matrix, or None (then PyTorch ops run)."""
+    name = _KERNELS.get((D.dtype, gram.dtype)) if gram is not None else None
+    if name is None or D.device.type != "cpu":
+        return None
+    lib = load_kernel("mp_kernel")
+    return None if lib is None else getattr(lib, name)
 
 
 def _native_pursue(
     r: Tensor, D: Tensor, gram: Tensor, k: int, residual_threshold: float, stop_dup: bool,
-    idx: Tensor, vals: Tensor, norms: Tensor,
+    idx: Tensor, vals: Tensor, norms: Tensor, D_corr: Tensor | None = None,
 ) -> bool:
-    """`_pursue_rows` in C (sae_hooks/sae/mp_kernel.c): each token runs all its steps with its
-    correlations in cache. Same choices and stopping rules; values differ from the PyTorch
-    path only by summation order (~1e-7 relative in fp32). False if the kernel cannot run here
-    (GPU, other dtypes, no C compiler): the caller then takes the PyTorch path."""
-    kind = _KERNEL_TYPES.get(D.dtype)
-    if kind is None or D.device.type != "cpu" or gram.dtype != D.dtype or r.dtype != D.dtype:
+    """`_pursue_rows` in C (sae_hooks/sae/mp_kernel.c): a few tokens at a time run all their
+    steps with their correlations in cache. Same choices and stopping rules; values differ from
+    the PyTorch path only by summation order (~1e-7 relative in fp32). False if the kernel
+    cannot run here (GPU, other dtypes, no C compiler): the caller then takes the PyTorch path.
+
+    With a bf16 Gram matrix (training under bf16 autocast) the starting correlations come from
+    bf16 operands too, and the near-tie re-check is off: the choices are those of bf16
+    correlations (as TopK's are under autocast), while the values, the residual and the
+    gradient still use the fp32 dictionary, so x_hat = x − r and the monotone residual hold.
+    """
+    fn = _kernel(D, gram)
+    if fn is None or r.dtype != D.dtype or idx.dtype != torch.long:
         return False
-    tensors = (r, D, gram, idx, vals, norms)
-    if not all(t.is_contiguous() for t in tensors) or idx.dtype != torch.long:
+    if not all(t.is_contiguous() for t in (r, D, gram, idx, vals, norms)):
         return False
-    lib = load_kernel("mp_kernel")
-    if lib is None:
-        return False
-    suffix, ctype = kind
-    fn = getattr(lib, f"mp_pursue_{suffix}")
-    c = r @ D.T  # [rows, d_sae]: the one dense product, batched
+    exact = gram.dtype == D.dtype
+    if exact:
+        c = r @ D.T  # [rows, d_sae]: the one dense product, batched
+    else:
+        c = (r.to(gram.dtype) @ (D_corr if D_corr is not None else D.to(gram.dtype)).T).to(D.dtype)
     norms[:, 0] = r.norm(dim=-1)
-    tol = _TIE_TOL * norms[:, 0]
+    tol = _TIE_TOL * norms[:, 0] if exact else torch.zeros_like(norms[:, 0])
     ptr = ctypes.c_void_p
     i64 = ctypes.c_int64
     fn.restype = i64
@@ -288,11 +308,18 @@ def _select(
     on_cpu = dev.type == "cpu"
     chunk = _CHUNK if on_cpu else n_rows  # a GPU wants the whole batch per op
 
+    D_corr = None
+    if gram is not None and gram.dtype != dt:
+        if _kernel(D, gram) is None:
+            gram = gram.to(dt)  # no kernel for a low-precision Gram matrix here: exact path
+        else:
+            D_corr = D.to(gram.dtype)
+
     def run(lo: int, hi: int) -> None:
         for a in range(lo, hi, chunk):
             b = min(a + chunk, hi)
             _pursue_rows(resid[a:b], D, gram, k, residual_threshold, stop_dup,
-                         idx[a:b], vals[a:b], norms[a:b])
+                         idx[a:b], vals[a:b], norms[a:b], D_corr)
 
     threads = torch.get_num_threads()
     shards = min(threads, -(-n_rows // chunk)) if on_cpu else 1
@@ -342,6 +369,9 @@ class _PursuitValues(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_v, g_r):  # type: ignore[override]
         sae_in, D, idx, v, gram = ctx.saved_tensors
+        native = _native_backward(sae_in, D, idx, v, g_v, g_r, *ctx.needs_input_grad[:2])
+        if native is not None:
+            return (*native, None, None, None, None)
         n, k = idx.shape
         d_sae, d_in = D.shape
         if g_r is None:
@@ -354,7 +384,7 @@ class _PursuitValues(torch.autograd.Function):
         dense_c = gram is not None and D.device.type == "cpu"
         if dense_c:
             pairs = (j_s * gram.shape[1] + j_t).reshape(-1)
-            gl = gram.reshape(-1).index_select(0, pairs).view(-1, n)  # [P, N]: ⟨a_s, a_t⟩
+            gl = gram.reshape(-1).index_select(0, pairs).view(-1, n).to(D.dtype)  # [P, N]: ⟨a_s, a_t⟩
             b = -_pair_dots(g_r, D, idx).T  # [k, N]: −⟨g_r, a_t⟩
         else:
             A = _gather_atoms(D, idx)  # [N, k, d_in]
@@ -390,7 +420,11 @@ class _PursuitValues(torch.autograd.Function):
                 C = D.new_zeros(d_sae * d_sae)  # symmetric: M_st at (j_s, j_t) and (j_t, j_s)
                 C.index_add_(0, (j_s * d_sae + j_t).reshape(-1), m.reshape(-1))
                 C.index_add_(0, (j_t * d_sae + j_s).reshape(-1), m.reshape(-1))
-                grad_D = torch.addmm(rank_one, C.view(d_sae, d_sae), D)
+                if gram.dtype == D.dtype:
+                    grad_D = torch.addmm(rank_one, C.view(d_sae, d_sae), D)
+                else:  # bf16 autocast training: the d_sae x d_sae by D product in bf16 too
+                    lp = gram.dtype
+                    grad_D = rank_one.add_((C.view(d_sae, d_sae).to(lp) @ D.to(lp)).to(D.dtype))
             else:
                 M = v.new_zeros(n, k, k)
                 M[:, ps, pt] = m.T
@@ -399,6 +433,52 @@ class _PursuitValues(torch.autograd.Function):
                 dA.baddbmm_(torch.stack([-v, w.T], 2), torch.stack([g_r, sae_in], 1))
                 grad_D = torch.zeros_like(D).index_add_(0, idx.reshape(-1), dA.view(-1, d_in))
         return grad_in, grad_D, None, None, None, None
+
+
+def _native_backward(
+    sae_in: Tensor, D: Tensor, idx: Tensor, v: Tensor, g_v: Tensor | None, g_r: Tensor | None,
+    need_in: bool, need_D: bool,
+) -> tuple[Tensor | None, Tensor | None] | None:
+    """`_PursuitValues.backward` in C: per token, the residuals before each step forward, then
+    ρ and w backwards (∂L/∂a_t = −v_t ρ_t + w_t r_{t−1}): O(k·d_in) per token in cache, where
+    the PyTorch form needs Gram entries, a d_sae × d_sae coefficient matrix and its product
+    with D. None if the kernel cannot run here (the caller then takes the PyTorch form)."""
+    name = {torch.float32: "mp_backward_f32", torch.float64: "mp_backward_f64"}.get(D.dtype)
+    if name is None or D.device.type != "cpu":
+        return None
+    lib = load_kernel("mp_kernel")
+    if lib is None:
+        return None
+    fn = getattr(lib, name)
+    n, k = idx.shape
+    d_sae, d_in = D.shape
+    sae_in, D, idx, v = (t.contiguous() for t in (sae_in, D, idx, v))
+    g_v = None if g_v is None else g_v.to(D.dtype).contiguous()
+    g_r = None if g_r is None else g_r.to(D.dtype).contiguous()
+    grad_in = torch.empty_like(sae_in) if need_in else None
+    shards = max(1, min(torch.get_num_threads(), n // 256))
+    bounds = [n * s // shards for s in range(shards + 1)]
+    parts = torch.zeros(shards, d_sae, d_in, dtype=D.dtype) if need_D else None
+    scratch = torch.empty(shards, (k + 1) * d_in, dtype=D.dtype)
+    ptr, i64 = ctypes.c_void_p, ctypes.c_int64
+
+    def at(t: Tensor | None, row: int = 0) -> ctypes.c_void_p:
+        return ptr(None) if t is None else ptr(t.data_ptr() + row * t.stride(0) * t.element_size())
+
+    def run(sh: int) -> None:
+        a, b = bounds[sh], bounds[sh + 1]
+        fn(i64(b - a), i64(d_in), i64(k), at(sae_in, a), at(D), at(idx, a), at(v, a), at(g_v, a), at(g_r, a),
+           at(grad_in, a), at(parts[sh] if parts is not None else None), at(scratch[sh]))
+
+    fn.restype = None
+    if shards == 1:
+        run(0)
+    else:
+        with ThreadPoolExecutor(shards) as pool:
+            for f in [pool.submit(run, sh) for sh in range(shards)]:
+                f.result()
+    grad_D = None if parts is None else (parts[0] if shards == 1 else parts.sum(0))
+    return grad_in, grad_D
 
 
 def _pair_dots(y: Tensor, D: Tensor, idx: Tensor) -> Tensor:
@@ -452,11 +532,15 @@ def matching_pursuit(
     return MPResult(idx, vals, resid, norms)
 
 
-def padded_gram(D: Float[Tensor, "d_sae d_in"]) -> Float[Tensor, "d_sae width"]:
-    """D Dᵀ with zero columns up to a multiple of the argmax block (pads stay at −inf)."""
+def padded_gram(D: Float[Tensor, "d_sae d_in"], dtype: torch.dtype | None = None) -> Float[Tensor, "d_sae width"]:
+    """D Dᵀ with zero columns up to a multiple of the argmax block (pads stay at −inf).
+
+    ``dtype=torch.bfloat16`` builds it from bf16 operands (training under bf16 autocast)."""
     d_sae = D.shape[0]
     block = min(_BLOCK, d_sae)
     width = -(-d_sae // block) * block
+    if dtype is not None and dtype != D.dtype:
+        D = D.to(dtype)
     if width == d_sae:
         return D @ D.T
     g = D.new_zeros(d_sae, width)
@@ -486,17 +570,21 @@ class MPSAE(SAE):
         """Tied encoder: W_dec transposed (SAELens exposes the same)."""
         return self.W_dec.T
 
-    def gram(self) -> Tensor | None:
-        """Cached padded D Dᵀ, rebuilt whenever W_dec changes; None above gram_max_bytes."""
+    def gram(self, dtype: torch.dtype | None = None) -> Tensor | None:
+        """Cached padded D Dᵀ, rebuilt whenever W_dec changes; None above gram_max_bytes.
+
+        Built in W_dec's dtype even under autocast (exact selections need fp32 correlations);
+        ``dtype=torch.bfloat16`` asks for the bf16 one that training under bf16 autocast uses."""
         d_sae = self.cfg.d_sae
         if d_sae * d_sae * self.W_dec.element_size() > self.cfg.gram_max_bytes:
             return None
         w = self.W_dec
-        key = (w.data_ptr(), w._version, tuple(w.shape), w.dtype, w.device)
+        dtype = dtype or w.dtype
+        key = (w.data_ptr(), w._version, tuple(w.shape), w.dtype, w.device, dtype)
         if self._gram is None or self._gram_key != key:
-            # Built in W_dec's dtype even under autocast: the selection needs fp32 correlations.
+            self._gram = None  # free the old one before building the next
             with torch.no_grad(), torch.autocast(w.device.type, enabled=False):
-                self._gram = padded_gram(w.detach())
+                self._gram = padded_gram(w.detach(), dtype)
             self._gram_key = key
         return self._gram
 
@@ -560,7 +648,15 @@ class MPSAE(SAE):
         if x.ndim != 2:
             raise ValueError(f"training_loss takes x of shape [B, d_in]; got {tuple(x.shape)}.")
         x = x.to(self.W_dec.dtype)
-        res = self.pursue(x, self.cfg.k, 0.0, False)
+        dev = x.device.type
+        if (dev == "cpu" and torch.is_autocast_enabled(dev) and torch.get_autocast_dtype(dev) == torch.bfloat16
+                and _kernel(self.W_dec, self.W_dec.new_empty(0, dtype=torch.bfloat16)) is not None):
+            # bf16 autocast on a CPU with the C kernel: bf16 correlations choose the atoms (half the
+            # Gram traffic, 4x faster products on AMX); values and residual stay fp32 and exact.
+            sae_in = self._sae_in(x).reshape(-1, self.cfg.d_in)
+            res = matching_pursuit(sae_in, self.W_dec, self.cfg.k, gram=self.gram(torch.bfloat16))
+        else:
+            res = self.pursue(x, self.cfg.k, 0.0, False)
         x_hat = x - res.residual
         mse = mse_per_token(x_hat, x)
         live = res.values.detach() > 0

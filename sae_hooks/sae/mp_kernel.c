@@ -19,7 +19,8 @@
  *       wins); past `band_max` entries the row's correlations are recomputed exactly as D r and
  *       its tol restarts at tie_tol * ||r||;
  *   v = max(0, <r, D_j>); r -= v D_j; stopping rules as in mp.py.
- * Built twice by the macro below: float (f32) and double (f64).
+ * Built three times by the macro below: float (f32), double (f64), and float with a bf16 Gram
+ * matrix (f32_bf16gram, training under bf16 autocast).
  */
 #include <math.h>
 #include <stdint.h>
@@ -29,7 +30,7 @@
 #define LANES 16
 #define GR 4 /* tokens pursued together */
 
-#define DEFINE_MP(T, SUF, SQRT)                                                                   \
+#define DEFINE_MP(T, SUF, SQRT, GT, GLOAD)                                                                   \
                                                                                                   \
 static T dot_##SUF(const T *a, const T *b, int64_t n) {                                           \
     T acc[LANES] = {0};                                                                           \
@@ -70,39 +71,10 @@ static int64_t argmax_##SUF(const T *c, int64_t n, T *best) {                   
     return j;                                                                                     \
 }                                                                                                 \
                                                                                                   \
-/* c -= v * g, fused with the first-maximum search of the updated c. */                          \
-static int64_t update_argmax_##SUF(T *c, const T *g, T v, int64_t n, T *best) {                   \
-    T bv[LANES];                                                                                  \
-    int64_t bi[LANES];                                                                            \
-    for (int l = 0; l < LANES; l++) { bv[l] = -INFINITY; bi[l] = INT64_MAX; }                     \
-    int64_t i = 0;                                                                                \
-    for (; i + LANES <= n; i += LANES) {                                                          \
-        _Pragma("omp simd")                                                                       \
-        for (int l = 0; l < LANES; l++) {                                                         \
-            T x = c[i + l] - v * g[i + l];                                                        \
-            c[i + l] = x;                                                                         \
-            int better = x > bv[l];                                                               \
-            bv[l] = better ? x : bv[l];                                                           \
-            bi[l] = better ? i + l : bi[l];                                                       \
-        }                                                                                         \
-    }                                                                                             \
-    T m = -INFINITY;                                                                              \
-    int64_t j = INT64_MAX;                                                                        \
-    for (int l = 0; l < LANES; l++)                                                               \
-        if (bv[l] > m || (bv[l] == m && bi[l] < j)) { m = bv[l]; j = bi[l]; }                     \
-    for (; i < n; i++) {                                                                          \
-        T x = c[i] - v * g[i];                                                                    \
-        c[i] = x;                                                                                 \
-        if (x > m) { m = x; j = i; }                                                              \
-    }                                                                                             \
-    if (j == INT64_MAX) j = 0;                                                                    \
-    *best = m;                                                                                    \
-    return j;                                                                                     \
-}                                                                                                 \
-                                                                                                  \
-/* The same for GR tokens at once: GR independent streams keep more memory requests in flight    \
- * (one Gram row each), which is what bounds the single-token loop. */                          \
-static void update_argmax_multi_##SUF(T *const *c, const T *const *g, const T *v, int64_t n,     \
+/* c -= v * g for GR tokens at once, fused with the search for each one's first maximum and   \
+ * runner-up. GR independent streams keep more memory requests in flight (one Gram row each),   \
+ * which is what bounds a one-token loop. */                                                    \
+static void update_argmax_multi_##SUF(T *const *c, const GT *const *g, const T *v, int64_t n,    \
                                       int64_t *j, T *best, T *second) {                          \
     T bv[GR][LANES], sv[GR][LANES];                                                               \
     int64_t bi[GR][LANES];                                                                        \
@@ -112,11 +84,11 @@ static void update_argmax_multi_##SUF(T *const *c, const T *const *g, const T *v
     for (; i + LANES <= n; i += LANES) {                                                          \
         for (int q = 0; q < GR; q++) {                                                            \
             T *cq = c[q];                                                                         \
-            const T *gq = g[q];                                                                   \
+            const GT *gq = g[q];                                                                  \
             T vq = v[q];                                                                          \
             _Pragma("omp simd")                                                                   \
             for (int l = 0; l < LANES; l++) {                                                     \
-                T x = cq[i + l] - vq * gq[i + l];                                                 \
+                T x = cq[i + l] - vq * GLOAD(gq[i + l]);                                          \
                 cq[i + l] = x;                                                                    \
                 T lo = x < bv[q][l] ? x : bv[q][l];                                               \
                 sv[q][l] = lo > sv[q][l] ? lo : sv[q][l];                                         \
@@ -136,7 +108,7 @@ static void update_argmax_multi_##SUF(T *const *c, const T *const *g, const T *v
         for (int l = 0; l < LANES; l++)                                                           \
             if (l != wl && bv[q][l] > sec) sec = bv[q][l];                                        \
         for (int64_t ii = i; ii < n; ii++) {                                                      \
-            T x = c[q][ii] - v[q] * g[q][ii];                                                     \
+            T x = c[q][ii] - v[q] * GLOAD(g[q][ii]);                                              \
             c[q][ii] = x;                                                                         \
             if (x > m) { sec = m; m = x; jj = ii; }                                               \
             else if (x > sec) sec = x;                                                            \
@@ -161,7 +133,7 @@ static int64_t count_ge_##SUF(const T *c, int64_t n, T floor_) {                
  * with norms[:, 0] filled by the caller (written only when stopping rules are on).              \
  * Returns the number of rows whose correlations had to be recomputed in full. */                \
 int64_t mp_pursue_##SUF(int64_t n_rows, int64_t d_in, int64_t d_sae, T *c, int64_t c_stride,     \
-                        T *r, const T *D, const T *G, int64_t g_stride, int64_t k,               \
+                        T *r, const T *D, const GT *G, int64_t g_stride, int64_t k,              \
                         double residual_threshold, int32_t stop_dup, double tie_tol,             \
                         int64_t band_max, T *tol, int64_t *idx, T *vals, T *norms) {             \
     int64_t recomputed = 0;                                                                       \
@@ -174,7 +146,7 @@ int64_t mp_pursue_##SUF(int64_t n_rows, int64_t d_in, int64_t d_sae, T *c, int64
         int64_t j[GR];                                                                            \
         int done[GR];                                                                             \
         T *cp[GR];                                                                                \
-        const T *gp[GR];                                                                          \
+        const GT *gp[GR];                                                                         \
         for (int q = 0; q < ng; q++) {                                                            \
             j[q] = argmax_##SUF(c + (n0 + q) * c_stride, d_sae, &m[q]);                           \
             sec[q] = m[q]; /* unknown at the first step: let the counting pass decide */          \
@@ -241,8 +213,67 @@ int64_t mp_pursue_##SUF(int64_t n_rows, int64_t d_in, int64_t d_sae, T *c, int64
     return recomputed;                                                                            \
 }
 
-DEFINE_MP(float, f32, sqrtf)
-DEFINE_MP(double, f64, sqrt)
+/* Gradient of the pursuit with its choices held fixed (see _PursuitValues in mp.py), per token:
+ *   R_t = r_{t-1}, the residual before step t (R_0 = r0, R_{t+1} = R_t - v_t a_t);
+ *   rho = dL/dr_t, from g_r backwards: w_t = [v_t > 0] (g_v[t] - <rho, a_t>),
+ *   dL/da_t = -v_t rho + w_t R_t, then rho += w_t a_t; finally dL/dr0 = rho.
+ * O(k d_in) per token: no Gram entries and no k x k coefficient matrix.
+ * g_v, g_r, grad_in, grad_D may be NULL (zero / not wanted); grad_D [d_sae, d_in] accumulates
+ * (the caller gives each thread its own). scratch: (k + 1) * d_in elements. */
+#define DEFINE_MP_BACKWARD(T, SUF)                                                                \
+void mp_backward_##SUF(int64_t n_rows, int64_t d_in, int64_t k, const T *r0, const T *D,          \
+                       const int64_t *idx, const T *vals, const T *g_v, const T *g_r,            \
+                       T *grad_in, T *grad_D, T *scratch) {                                       \
+    T *R = scratch, *rho = scratch + k * d_in;                                                    \
+    for (int64_t n = 0; n < n_rows; n++) {                                                        \
+        const int64_t *ir = idx + n * k;                                                          \
+        const T *vr = vals + n * k;                                                               \
+        memcpy(R, r0 + n * d_in, (size_t)d_in * sizeof(T));                                       \
+        for (int64_t t = 0; t + 1 < k; t++) {                                                     \
+            const T *a = D + ir[t] * d_in;                                                        \
+            T v = vr[t];                                                                          \
+            T *cur = R + t * d_in, *nxt = cur + d_in;                                             \
+            _Pragma("omp simd")                                                                   \
+            for (int64_t i = 0; i < d_in; i++) nxt[i] = cur[i] - v * a[i];                        \
+        }                                                                                         \
+        if (g_r) memcpy(rho, g_r + n * d_in, (size_t)d_in * sizeof(T));                           \
+        else memset(rho, 0, (size_t)d_in * sizeof(T));                                            \
+        for (int64_t t = k - 1; t >= 0; t--) {                                                    \
+            const T *a = D + ir[t] * d_in;                                                        \
+            T v = vr[t];                                                                          \
+            if (!(v > 0)) continue; /* ReLU off or token stopped: no gradient through this step */ \
+            T u = 0;                                                                              \
+            _Pragma("omp simd reduction(+:u)")                                                    \
+            for (int64_t i = 0; i < d_in; i++) u += rho[i] * a[i];                                \
+            T w = (g_v ? g_v[n * k + t] : 0) - u;                                                 \
+            if (grad_D) {                                                                         \
+                T *dr = grad_D + ir[t] * d_in;                                                    \
+                const T *Rt = R + t * d_in;                                                       \
+                _Pragma("omp simd")                                                               \
+                for (int64_t i = 0; i < d_in; i++) dr[i] += w * Rt[i] - v * rho[i];               \
+            }                                                                                     \
+            _Pragma("omp simd")                                                                   \
+            for (int64_t i = 0; i < d_in; i++) rho[i] += w * a[i];                                \
+        }                                                                                         \
+        if (grad_in) memcpy(grad_in + n * d_in, rho, (size_t)d_in * sizeof(T));                   \
+    }                                                                                             \
+}
+
+DEFINE_MP_BACKWARD(float, f32)
+DEFINE_MP_BACKWARD(double, f64)
+
+static inline float bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16; /* bf16 is the top half of an IEEE float */
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+#define SAME(x) (x)
+
+DEFINE_MP(float, f32, sqrtf, float, SAME)
+DEFINE_MP(double, f64, sqrt, double, SAME)
+/* Training under bf16 autocast: a bf16 Gram matrix (half the memory traffic), fp32 elsewhere. */
+DEFINE_MP(float, f32_bf16gram, sqrtf, uint16_t, bf16_to_f32)
 
 /* Lets the loader check that it opened a library built from this very source. */
 int64_t mp_kernel_abi(void) { return 1; }
