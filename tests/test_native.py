@@ -94,3 +94,42 @@ def test_kernel_is_built_once_and_reused(monkeypatch, tmp_path):
 def test_native_env_switch(monkeypatch):
     monkeypatch.setenv(native.NATIVE_ENV, "0")
     assert native.load_kernel("mp_kernel") is None and not native.native_enabled()
+
+
+@needs_kernel
+def test_bf16_autocast_training_uses_bf16_correlations_and_stays_close(monkeypatch):
+    from sae_hooks.sae import make_sae
+
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(512, 64, generator=g) * 2
+    out = {}
+    for mode in ("fp32", "bf16"):
+        sae = make_sae("matching_pursuit", 64, 520, k=12, seed=0)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "bf16"):
+            res = sae.training_loss(x)
+        res.loss.backward()
+        out[mode] = (float(res.loss.detach()), sae.W_dec.grad.clone(), res.x_hat, sae._gram.dtype)
+    assert out["fp32"][3] == torch.float32 and out["bf16"][3] == torch.bfloat16
+    assert out["bf16"][2].dtype == torch.float32
+    # bf16 correlations flip some near-tied choices; the pursuit's quality and direction hold.
+    assert out["bf16"][0] == pytest.approx(out["fp32"][0], rel=0.02)
+    cos = torch.nn.functional.cosine_similarity(out["bf16"][1].flatten(), out["fp32"][1].flatten(), dim=0)
+    assert float(cos) > 0.9
+    D = sae.W_dec.detach()
+    exact = matching_pursuit(x, D, 12, gram=padded_gram(D))
+    fast = matching_pursuit(x, D, 12, gram=padded_gram(D, torch.bfloat16))
+    assert float((exact.indices == fast.indices).float().mean()) > 0.9
+    assert bool((fast.norms[:, 1:] <= fast.norms[:, :-1] + 1e-5).all())  # still a monotone pursuit
+    torch.testing.assert_close(fast.norms[:, -1], fast.residual.norm(dim=-1), rtol=1e-4, atol=1e-4)
+
+
+def test_bf16_autocast_without_the_kernel_selects_exactly(monkeypatch):
+    from sae_hooks.sae import make_sae
+
+    monkeypatch.setenv(native.NATIVE_ENV, "0")
+    sae = make_sae("matching_pursuit", 32, 128, k=6, seed=0)
+    x = torch.randn(64, 32, generator=torch.Generator().manual_seed(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        res = sae.training_loss(x)
+    assert sae._gram.dtype == torch.float32
+    torch.testing.assert_close(res.x_hat, sae(x).x_hat, rtol=1e-5, atol=1e-5)
