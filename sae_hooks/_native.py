@@ -6,7 +6,8 @@ memory. A few dozen lines of C keep one token's data in cache for all its steps.
 ships with the package; the first use compiles it (``$CC`` or ``cc``, ~1 s) into the cache
 directory (``$SAE_HOOKS_CACHE/kernels``), keyed by source, compiler flags and CPU, so later
 runs just load it. Without a compiler, or with ``SAE_HOOKS_NATIVE=0``, callers fall back to
-their PyTorch path (same results; one warning says why it is slower).
+their PyTorch path (same results; one warning says why it is slower). ``SAE_HOOKS_CFLAGS``
+adds compiler flags (``-mno-avx512f`` builds the portable loops on an AVX-512 machine).
 
     lib = load_kernel("mp_kernel")      # ctypes.CDLL, or None if unavailable
 """
@@ -27,9 +28,15 @@ from pathlib import Path
 __all__ = ["load_kernel", "native_enabled", "NATIVE_ENV"]
 
 NATIVE_ENV = "SAE_HOOKS_NATIVE"
+CFLAGS_ENV = "SAE_HOOKS_CFLAGS"
 _FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp-simd", "-fPIC", "-shared", "-std=c11"]
 _lock = threading.Lock()
 _loaded: dict[str, ctypes.CDLL | None] = {}
+
+
+def _flags() -> list[str]:
+    """Compiler flags: ours, then ``$SAE_HOOKS_CFLAGS`` (e.g. ``-mno-avx512f`` for the portable loops)."""
+    return [*_FLAGS, *os.environ.get(CFLAGS_ENV, "").split()]
 
 
 def native_enabled() -> bool:
@@ -64,7 +71,7 @@ def _build(src: Path, out: Path) -> str | None:
     except OSError as e:
         return f"cannot write to {out.parent}: {e}"
     try:
-        p = subprocess.run([cc, *_FLAGS, str(src), "-o", tmp, "-lm"], capture_output=True, text=True, timeout=120)
+        p = subprocess.run([cc, *_flags(), str(src), "-o", tmp, "-lm"], capture_output=True, text=True, timeout=120)
         if p.returncode != 0:
             return f"{cc} failed: {p.stderr.strip()[-600:]}"
         os.replace(tmp, out)  # other processes see either nothing or the whole library
@@ -94,7 +101,7 @@ def load_kernel(name: str) -> ctypes.CDLL | None:
             src = srcs[0]
             from .models import cache_root
 
-            key = hashlib.sha256(src.read_bytes() + " ".join(_FLAGS).encode() + _cpu_key().encode()).hexdigest()[:16]
+            key = hashlib.sha256(src.read_bytes() + " ".join(_flags()).encode() + _cpu_key().encode()).hexdigest()[:16]
             out = cache_root() / "kernels" / f"{name}-{key}.so"
             why = None if out.exists() else _build(src, out)
             if why is None:

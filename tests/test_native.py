@@ -133,3 +133,19 @@ def test_bf16_autocast_without_the_kernel_selects_exactly(monkeypatch):
         res = sae.training_loss(x)
     assert sae._gram.dtype == torch.float32
     torch.testing.assert_close(res.x_hat, sae(x).x_hat, rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
+@pytest.mark.parametrize("gram_dtype", [torch.float32, torch.bfloat16])
+def test_portable_loops_match_the_avx512_ones(monkeypatch, tmp_path, gram_dtype):
+    """A CPU without AVX-512 compiles the portable C loops: the same pursuit."""
+    D, x = _dictionary(9, n=200)
+    gram = padded_gram(D, gram_dtype)
+    default = matching_pursuit(x, D, 16, gram=gram)
+    monkeypatch.setenv(native.CFLAGS_ENV, "-mno-avx512f")
+    monkeypatch.setenv("SAE_HOOKS_CACHE", str(tmp_path))
+    monkeypatch.setattr(native, "_loaded", {})
+    assert native.load_kernel("mp_kernel") is not None
+    portable = matching_pursuit(x, D, 16, gram=gram)
+    assert torch.equal(portable.indices, default.indices)
+    torch.testing.assert_close(portable.values, default.values, rtol=1e-5, atol=1e-5)

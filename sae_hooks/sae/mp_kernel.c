@@ -30,7 +30,80 @@
 #define LANES 16
 #define GR 4 /* tokens pursued together */
 
-#define DEFINE_MP(T, SUF, SQRT, GT, GLOAD)                                                                   \
+static inline float bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16; /* bf16 is the top half of an IEEE float */
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+#define SAME(x) (x)
+
+#if defined(__AVX512F__)
+/* The fused pass with AVX-512 intrinsics: the four tokens' running maxima, runner-ups and
+ * indices stay in registers (the portable loop below keeps them in memory, as compiled by gcc
+ * 12: measured ~3x slower in cache). Same arithmetic order as the portable loop. */
+#include <immintrin.h>
+#define LOAD_F32(p) _mm512_loadu_ps(p)
+#define LOAD_BF16(p) _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p))), 16))
+#define UPD4_BODY(q, LOADG)                                                                       \
+    {                                                                                             \
+        __m512 x = _mm512_sub_ps(_mm512_loadu_ps(c##q + i), _mm512_mul_ps(v##q, LOADG(g##q + i))); \
+        _mm512_storeu_ps(c##q + i, x);                                                            \
+        s##q = _mm512_max_ps(s##q, _mm512_min_ps(x, b##q));                                       \
+        __mmask16 m = _mm512_cmp_ps_mask(x, b##q, _CMP_GT_OQ);                                    \
+        b##q = _mm512_mask_mov_ps(b##q, m, x);                                                    \
+        i##q = _mm512_mask_mov_epi32(i##q, m, lane);                                              \
+    }
+#define UPD4_REDUCE(q, GT, GSCALAR)                                                               \
+    {                                                                                             \
+        float bv[16], sv[16];                                                                     \
+        int32_t bi[16];                                                                           \
+        _mm512_storeu_ps(bv, b##q);                                                               \
+        _mm512_storeu_ps(sv, s##q);                                                               \
+        _mm512_storeu_si512((void *)bi, i##q);                                                    \
+        float m = -INFINITY;                                                                      \
+        int64_t jj = INT64_MAX;                                                                   \
+        int wl = 0;                                                                               \
+        for (int l = 0; l < 16; l++)                                                              \
+            if (bv[l] > m || (bv[l] == m && bi[l] < jj)) { m = bv[l]; jj = bi[l]; wl = l; }       \
+        float sec = sv[wl];                                                                       \
+        for (int l = 0; l < 16; l++)                                                              \
+            if (l != wl && bv[l] > sec) sec = bv[l];                                              \
+        for (int64_t ii = i; ii < n; ii++) {                                                      \
+            float x = c##q[ii] - v[q] * GSCALAR(g##q[ii]);                                        \
+            c##q[ii] = x;                                                                         \
+            if (x > m) { sec = m; m = x; jj = ii; }                                               \
+            else if (x > sec) sec = x;                                                            \
+        }                                                                                         \
+        if (jj == INT64_MAX || jj == INT32_MAX) jj = 0;                                           \
+        j[q] = jj;                                                                                \
+        best[q] = m;                                                                              \
+        second[q] = sec;                                                                          \
+    }
+#define DEFINE_UPD4_AVX512(NAME, GT, LOADG, GSCALAR)                                              \
+static void NAME(float *const *c, const GT *const *g, const float *v, int64_t n, int64_t *j,     \
+                 float *best, float *second) {                                                    \
+    float *c0 = c[0], *c1 = c[1], *c2 = c[2], *c3 = c[3];                                         \
+    const GT *g0 = g[0], *g1 = g[1], *g2 = g[2], *g3 = g[3];                                      \
+    const __m512 v0 = _mm512_set1_ps(v[0]), v1 = _mm512_set1_ps(v[1]);                            \
+    const __m512 v2 = _mm512_set1_ps(v[2]), v3 = _mm512_set1_ps(v[3]);                            \
+    __m512 b0, b1, b2, b3, s0, s1, s2, s3;                                                        \
+    b0 = b1 = b2 = b3 = s0 = s1 = s2 = s3 = _mm512_set1_ps(-INFINITY);                            \
+    __m512i i0, i1, i2, i3;                                                                       \
+    i0 = i1 = i2 = i3 = _mm512_set1_epi32(INT32_MAX);                                             \
+    __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);       \
+    const __m512i sixteen = _mm512_set1_epi32(16);                                                \
+    int64_t i = 0;                                                                                \
+    for (; i + 16 <= n; i += 16) {                                                                \
+        UPD4_BODY(0, LOADG) UPD4_BODY(1, LOADG) UPD4_BODY(2, LOADG) UPD4_BODY(3, LOADG)           \
+        lane = _mm512_add_epi32(lane, sixteen);                                                   \
+    }                                                                                             \
+    UPD4_REDUCE(0, GT, GSCALAR) UPD4_REDUCE(1, GT, GSCALAR)                                       \
+    UPD4_REDUCE(2, GT, GSCALAR) UPD4_REDUCE(3, GT, GSCALAR)                                       \
+}
+#endif
+
+#define DEFINE_MP(T, SUF, SQRT, GT, GLOAD, MULTI)                                                                   \
                                                                                                   \
 static T dot_##SUF(const T *a, const T *b, int64_t n) {                                           \
     T acc[LANES] = {0};                                                                           \
@@ -74,7 +147,8 @@ static int64_t argmax_##SUF(const T *c, int64_t n, T *best) {                   
 /* c -= v * g for GR tokens at once, fused with the search for each one's first maximum and   \
  * runner-up. GR independent streams keep more memory requests in flight (one Gram row each),   \
  * which is what bounds a one-token loop. */                                                    \
-static void update_argmax_multi_##SUF(T *const *c, const GT *const *g, const T *v, int64_t n,    \
+static __attribute__((unused)) void update_argmax_multi_##SUF(T *const *c, const GT *const *g,  \
+                                      const T *v, int64_t n,                                    \
                                       int64_t *j, T *best, T *second) {                          \
     T bv[GR][LANES], sv[GR][LANES];                                                               \
     int64_t bi[GR][LANES];                                                                        \
@@ -204,7 +278,7 @@ int64_t mp_pursue_##SUF(int64_t n_rows, int64_t d_in, int64_t d_sae, T *c, int64
                 gp[q] = live ? G + j[q] * g_stride : G;                                           \
                 vv[q] = live ? v[q] : 0;                                                          \
             }                                                                                     \
-            update_argmax_multi_##SUF(cp, gp, vv, d_sae, jn, mn, sn);                             \
+            MULTI(cp, gp, vv, d_sae, jn, mn, sn);                                                 \
             for (int q = 0; q < ng; q++)                                                          \
                 if (!done[q]) { j[q] = jn[q]; m[q] = mn[q]; sec[q] = sn[q]; }                     \
         }                                                                                         \
@@ -262,18 +336,21 @@ void mp_backward_##SUF(int64_t n_rows, int64_t d_in, int64_t k, const T *r0, con
 DEFINE_MP_BACKWARD(float, f32)
 DEFINE_MP_BACKWARD(double, f64)
 
-static inline float bf16_to_f32(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16; /* bf16 is the top half of an IEEE float */
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-#define SAME(x) (x)
 
-DEFINE_MP(float, f32, sqrtf, float, SAME)
-DEFINE_MP(double, f64, sqrt, double, SAME)
+#if defined(__AVX512F__) && GR == 4
+DEFINE_UPD4_AVX512(upd4_avx512_f32, float, LOAD_F32, SAME)
+DEFINE_UPD4_AVX512(upd4_avx512_bf16, uint16_t, LOAD_BF16, bf16_to_f32)
+#define MULTI_F32 upd4_avx512_f32
+#define MULTI_BF16 upd4_avx512_bf16
+#else
+#define MULTI_F32 update_argmax_multi_f32
+#define MULTI_BF16 update_argmax_multi_f32_bf16gram
+#endif
+
+DEFINE_MP(float, f32, sqrtf, float, SAME, MULTI_F32)
+DEFINE_MP(double, f64, sqrt, double, SAME, update_argmax_multi_f64)
 /* Training under bf16 autocast: a bf16 Gram matrix (half the memory traffic), fp32 elsewhere. */
-DEFINE_MP(float, f32_bf16gram, sqrtf, uint16_t, bf16_to_f32)
+DEFINE_MP(float, f32_bf16gram, sqrtf, uint16_t, bf16_to_f32, MULTI_BF16)
 
 /* Lets the loader check that it opened a library built from this very source. */
 int64_t mp_kernel_abi(void) { return 1; }
