@@ -246,3 +246,105 @@ def test_training_step_under_bf16_autocast(arch):
     for name, p in sae.named_parameters():
         if p.grad is not None:
             assert p.grad.dtype == torch.float32 and bool(torch.isfinite(p.grad).all()), name
+
+
+# ---- sparse training kernels against straightforward dense references ----------------------------
+
+
+def _reference_loss(sae, x, dead):
+    """The TopK-family training loss written out densely from the papers, sharing no code with the SAE.
+
+    TopK: each token's k largest pre-activations; BatchTopK / Matryoshka: the B·k largest positive
+    pre-activations of the batch; ReLU; MSE (summed over d_in, mean over tokens), for Matryoshka the
+    mean over nested prefixes; AuxK: each token's top aux_k dead latents reconstruct the detached
+    residual, normalised by its variance, weighted by aux_coef.
+    """
+    cfg = sae.cfg
+    pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc  # [B, d_sae]
+    acts = pre.relu()
+    if sae.architecture == "topk":
+        keep = torch.zeros_like(pre, dtype=torch.bool).scatter(1, pre.topk(cfg.k, dim=1).indices, True)
+    else:
+        flat = acts.detach().flatten()
+        keep = torch.zeros_like(flat, dtype=torch.bool)
+        keep[flat.topk(cfg.k * x.shape[0]).indices] = True
+        keep = keep.view_as(pre) & (acts.detach() > 0)
+    z = acts * keep
+    if sae.architecture == "matryoshka":
+        mses = [((z[:, :w] @ sae.W_dec[:w] + sae.b_dec - x) ** 2).sum(1).mean() for w in cfg.widths]
+        recon = torch.stack(mses).mean() if cfg.prefix_loss == "mean" else torch.stack(mses).sum()
+    else:
+        recon = ((z @ sae.W_dec + sae.b_dec - x) ** 2).sum(1).mean()
+    x_hat = z @ sae.W_dec + sae.b_dec
+    aux_k = min(cfg.aux_k or cfg.d_in // 2, int(dead.sum()))
+    masked = pre.detach().masked_fill(~dead, float("-inf"))
+    aux_keep = torch.zeros_like(pre, dtype=torch.bool).scatter(1, masked.topk(aux_k, dim=1).indices, True)
+    e = (x - x_hat).detach()
+    e_hat = (acts * aux_keep) @ sae.W_dec
+    aux = ((e_hat - e) ** 2).sum(1).mean() / ((e - e.mean(0)) ** 2).sum(1).mean()
+    return recon + cfg.aux_coef * aux
+
+
+@pytest.mark.parametrize("arch,extra", [("topk", {}), ("batchtopk", {}), ("matryoshka", {}),
+                                        ("matryoshka", {"prefix_loss": "sum", "widths": (5, 40, 41, 128)})])
+@pytest.mark.parametrize("seed", SEEDS)
+def test_training_loss_and_gradients_match_a_dense_reference(arch, extra, seed):
+    """Loss and every parameter's gradient (and the input's) of the sparse training path equal the dense math."""
+    x = _x(seed, 64) * 2
+    dead = torch.zeros(D_SAE, dtype=torch.bool)
+    dead[seed::3] = True
+    results = []
+    for path in ("sparse", "reference"):
+        sae = make_sae(arch, D_IN, D_SAE, seed=seed, **{**KW[arch], **extra})
+        with torch.no_grad():
+            g = torch.Generator().manual_seed(seed + 100)
+            sae.b_dec.copy_(0.1 * torch.randn(D_IN, generator=g))
+            sae.b_enc.copy_(0.1 * torch.randn(D_SAE, generator=g))
+        xg = x.clone().requires_grad_(True)
+        loss = sae.training_loss(xg, dead).loss if path == "sparse" else _reference_loss(sae, xg, dead)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in sae.named_parameters()}, xg.grad))
+    (ls, gs, xs), (lr, gr, xr) = results
+    torch.testing.assert_close(ls, lr, rtol=1e-5, atol=1e-6)
+    for name in gr:
+        torch.testing.assert_close(gs[name], gr[name], rtol=1e-4, atol=1e-6, msg=name)
+    torch.testing.assert_close(xs, xr, rtol=1e-4, atol=1e-6)
+
+
+def test_matryoshka_training_outputs_match_its_dense_path():
+    """Per-prefix MSEs, x_hat, fired and L0 of the sparse path equal the dense path's."""
+    x = _x(3, 64)
+    outs = [_sae("matryoshka", 3).training_loss(x, sparse=s) for s in (True, False)]
+    for key in ("mse_w16", "mse_w64", "mse_w128", "mse", "l0"):
+        torch.testing.assert_close(outs[0].parts[key], outs[1].parts[key], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(outs[0].x_hat, outs[1].x_hat, rtol=1e-5, atol=1e-5)
+    assert torch.equal(outs[0].fired, outs[1].fired)
+
+
+@pytest.mark.parametrize("case", ["plain", "concentrated", "few_positive", "all_selected", "bf16"])
+def test_topk_batch_is_the_exact_batch_topk(case):
+    """`topk_batch` returns exactly the B·k largest positive values (a flat top-k), sorted by (row, col)."""
+    from sae_hooks.sae.sparse import topk_batch
+
+    g = torch.Generator().manual_seed(7)
+    for trial in range(25):
+        small = case == "bf16"  # bf16 holds the integers up to 256 exactly: distinct values, a unique top set
+        n_rows = int(torch.randint(1, 16 if small else 400, (1,), generator=g))
+        d_sae = int(torch.randint(2, 32 if small else 900, (1,), generator=g))
+        k = int(torch.randint(1, min(d_sae, 40) + 1, (1,), generator=g)) if case != "all_selected" else d_sae
+        pre = torch.randn(n_rows, d_sae, generator=g, dtype=torch.float64)
+        if case == "concentrated":  # a few tokens carry most of the batch's activity
+            pre[: max(1, n_rows // 20)] += 6
+        if case == "few_positive":
+            pre -= 3
+        if small:
+            pre = (torch.randperm(n_rows * d_sae, generator=g) - n_rows * d_sae // 2).view(n_rows, d_sae)
+            pre = pre.to(torch.bfloat16)
+        rows, cols, threshold = topk_batch(pre, k)
+        flat = pre.relu().flatten().double()
+        total = min(k * n_rows, flat.numel())
+        vals, idx = flat.topk(total)
+        want = idx[vals > 0].sort().values
+        got = rows * d_sae + cols
+        assert torch.equal(got, want), (trial, n_rows, d_sae, k)
+        assert float(threshold) == (float(vals[-1]) if bool(vals[-1] > 0) else 0.0)

@@ -72,32 +72,38 @@ class _TopKFamily(SAE):
         """(rows, cols) of the active entries, sorted by row. Runs under no_grad."""
         raise NotImplementedError
 
-    def _sparse_forward(self, x: Tensor, sparse: bool) -> dict[str, Tensor]:
-        """Shared training forward: pre, selection, values and x_hat (sparse or dense)."""
+    def _encode_active(self, x: Tensor, sparse: bool) -> dict[str, Tensor]:
+        """Shared training encoder: pre-activations, the selection and its differentiable values.
+
+        Sparse: only the forward product is dense; the values' backward is `gather_pre`'s
+        sparse one. Dense (the reference): autograd through the full [B, d_sae] product.
+        """
         check_input(x, self.cfg.d_in)
         if x.ndim != 2:
             raise ValueError(f"training_loss takes x of shape [B, d_in]; got {tuple(x.shape)}.")
         x = x.to(self.W_dec.dtype)
         sae_in = x - self.b_dec if self.cfg.apply_b_dec_to_input else x
-        n = x.shape[0]
         if sparse:
             with torch.no_grad():
                 pre = torch.addmm(self.b_enc, sae_in, self.W_enc)  # [B, d_sae]
             rows, cols = self._select(pre)
             b_dec = self.b_dec if self.cfg.apply_b_dec_to_input else None
-            vals = gather_pre(x, b_dec, self.W_enc, self.b_enc, rows, cols, pre[rows, cols])
-            vals = vals.relu()
-            x_hat = sparse_decode(rows, cols, vals, self.W_dec, self.b_dec, n)
+            vals = gather_pre(x, b_dec, self.W_enc, self.b_enc, rows, cols, pre[rows, cols]).relu()
         else:
             pre = sae_in @ self.W_enc + self.b_enc
             rows, cols = self._select(pre.detach())
-            mask = torch.zeros_like(pre, dtype=torch.bool)
-            mask[rows, cols] = True
-            z = pre.relu() * mask
-            x_hat = z @ self.W_dec + self.b_dec
-            vals = z[rows, cols]
-        return {"x": x, "sae_in": sae_in, "pre": pre, "rows": rows, "cols": cols,
-                "vals": vals, "x_hat": x_hat}
+            vals = pre[rows, cols].relu()
+        return {"x": x, "sae_in": sae_in, "pre": pre, "rows": rows, "cols": cols, "vals": vals}
+
+    def _sparse_forward(self, x: Tensor, sparse: bool) -> dict[str, Tensor]:
+        """`_encode_active` plus the reconstruction x_hat (sparse decode, or the dense product)."""
+        f = self._encode_active(x, sparse)
+        n = f["x"].shape[0]
+        if sparse:
+            f["x_hat"] = sparse_decode(f["rows"], f["cols"], f["vals"], self.W_dec, self.b_dec, n)
+        else:
+            f["x_hat"] = dense_codes(f["rows"], f["cols"], f["vals"], n, self.cfg.d_sae) @ self.W_dec + self.b_dec
+        return f
 
     def _auxk(
         self, f: dict[str, Tensor], dead_mask: Tensor | None, sparse: bool
