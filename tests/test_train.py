@@ -119,6 +119,27 @@ def test_several_saes_share_a_batch_and_stay_independent():
         assert torch.equal(p, q)
 
 
+def test_step_stats_fvu_is_the_batch_fvu_before_the_update():
+    """Each SAE's reported FVU = Σ‖x·s − x̂‖² / Σ‖x·s − mean‖² on its scaled batch, before its update
+    (the variance is computed once per hook and shared by the SAEs that read it)."""
+    import copy
+
+    x = _synthetic(512)
+    saes = [make_sae("topk", 32, 128, k=6, seed=0), make_sae("matryoshka", 32, 128, k=6, widths=(32, 128), seed=1)]
+    t = Trainer([Target(f"s{i}", "h", sae) for i, sae in enumerate(saes)], TrainConfig(), total_steps=2,
+                total_tokens=512)
+    t.step({"h": x[:256]})
+    before = [copy.deepcopy(sae) for sae in saes]
+    stats = t.step({"h": x[256:]})
+    xs = x[256:] * t.scales["h"]
+    var = (xs - xs.mean(0)).pow(2).sum()
+    for i, sae in enumerate(before):
+        dead = t.since_fired[f"s{i}"] >= t.dead_window  # the mask the second step used
+        x_hat = sae.training_loss(xs, dead).x_hat
+        expected = float((x_hat - xs).pow(2).sum() / var)
+        assert abs(stats[f"s{i}"].fvu - expected) <= 1e-5 * expected, (i, stats[f"s{i}"].fvu, expected)
+
+
 def test_width_mismatch_names_both_widths():
     t, _ = _trainer()
     with pytest.raises(ValueError, match=r"d_in=32.*width 48"):
