@@ -55,16 +55,107 @@ def test_zero_ablation_matches_a_hand_written_hook(tiny_hf, tokens):
     ce = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 128), ids[:, 1:].reshape(-1), reduction="none")
     expected = float(ce[mask[:, :-1].reshape(-1)].double().mean())
     r = evaluate(tiny_hf, random_sae(), tokens, hook="resid_post.1")
-    assert r.ce_zero_ablated == pytest.approx(expected, rel=1e-9)
+    # evaluate takes the log-sum-exp over vocabulary tiles (combined in float64), the reference one
+    # fp32 log-softmax over each row: equal to fp32 rounding.
+    assert r.ce_zero_ablated == pytest.approx(expected, rel=1e-6)
 
 
-def test_shared_prefix_path_equals_plain_forwards(tiny_hf, tokens):
+@pytest.mark.parametrize("hook", ["resid_post.1", "resid_post.2", "resid_pre.0", "resid_pre.2", "mlp_out.1", "attn_out.0"])
+def test_shared_prefix_path_equals_plain_forwards(tiny_hf, tokens, hook):
+    # resid_post.2 is the last block's output (resumes at the final norm), resid_pre.0 the first
+    # block's input; mlp_out / attn_out rerun the block that holds them.
     sae = random_sae()
-    a = evaluate(tiny_hf, sae, tokens, hook="resid_post.1", batch_size=3)
-    b = evaluate(tiny_hf, sae, tokens, hook="resid_post.1", batch_size=3, shared_prefix=False)
+    a = evaluate(tiny_hf, sae, tokens, hook=hook, batch_size=3)
+    b = evaluate(tiny_hf, sae, tokens, hook=hook, batch_size=3, shared_prefix=False)
+    # The shared path applies the head to vocabulary tiles of the final hidden state, the plain one
+    # slices full logits: equal up to fp32 rounding of the head product.
     for k in KEYS + ("dead_frac", "dense_frac"):
-        assert getattr(a, k) == getattr(b, k), k
-    assert torch.equal(a.loss_delta.nan_to_num(), b.loss_delta.nan_to_num())
+        assert getattr(a, k) == pytest.approx(getattr(b, k), rel=1e-6, abs=1e-7), k
+    assert torch.allclose(a.loss_delta.nan_to_num(), b.loss_delta.nan_to_num(), rtol=1e-5, atol=1e-5)
+    assert a.ce_zero_ablated != a.ce_clean and a.kl > 0
+
+
+@torch.no_grad()
+def _reference_metrics(adapter, sae, tokens, hook):
+    """CE of the four conditions and KL, from full-vocabulary float64 log-softmax of plain forwards."""
+    from sae_hooks.splice import reconstruct
+
+    ids, mask = tokens
+    lm = mask[:, :-1]
+    x = adapter.capture(ids, [hook])[hook]
+    spliced = reconstruct(sae, x, mask=mask).out
+    mean = x[mask].double().mean(0).float()
+    fns = {"clean": None, "spliced": lambda a: spliced, "zero": lambda a: torch.where(mask[..., None], 0.0, a),
+           "mean": lambda a: torch.where(mask[..., None], mean, a)}
+    logp = {c: adapter.forward(ids, hooks=None if fn is None else {hook: fn})[:, :-1].double().log_softmax(-1)
+            for c, fn in fns.items()}
+    ce = {c: float(-lp.gather(-1, ids[:, 1:, None])[..., 0][lm].mean()) for c, lp in logp.items()}
+    kl = float((logp["clean"].exp() * (logp["clean"] - logp["spliced"])).sum(-1)[lm].mean())
+    return ce, kl
+
+
+@pytest.mark.parametrize("rows,tile", [(7, 48), (512, 1024), (1, 128), (45, 1)])
+def test_tiled_head_statistics_equal_full_vocabulary_reference(tiny_hf, tokens, monkeypatch, rows, tile):
+    """Several row chunks and vocabulary tiles (48 does not divide 128): the per-tile maxima, sums
+    and KL dots combine to the full-vocabulary log-softmax results."""
+    import sys
+
+    ev = sys.modules["sae_hooks.evaluate"]
+    monkeypatch.setattr(ev, "CHUNK_ROWS", rows)
+    monkeypatch.setattr(ev, "VOCAB_TILE", tile)
+    sae = random_sae()
+    ce, kl = _reference_metrics(tiny_hf, sae, tokens, "resid_post.1")
+    for shared in (True, False):
+        r = evaluate(tiny_hf, sae, tokens, hook="resid_post.1", shared_prefix=shared)
+        got = {"clean": r.ce_clean, "spliced": r.ce_spliced, "zero": r.ce_zero_ablated, "mean": r.ce_mean_ablated}
+        for c in ce:
+            assert got[c] == pytest.approx(ce[c], rel=1e-6), (c, shared)
+        assert r.kl == pytest.approx(kl, rel=1e-5), shared
+        assert evaluate(tiny_hf, identity_sae(), tokens, hook="resid_post.1", shared_prefix=shared).kl == 0.0
+
+
+def test_head_statistics_are_stable_and_exact_on_equal_logits(monkeypatch):
+    """Logits spread over hundreds of nats, a tile of -inf and tiles that do not divide the vocabulary:
+    CE and KL still match a float64 log-softmax; equal logits give equal CE and a KL of exactly 0."""
+    import sys
+
+    import torch.nn.functional as F
+
+    ev = sys.modules["sae_hooks.evaluate"]
+    monkeypatch.setattr(ev, "CHUNK_ROWS", 5)
+    monkeypatch.setattr(ev, "VOCAB_TILE", 7)
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(12, 40, generator=g) * 60
+    b = a + torch.randn(12, 40, generator=g) * 3
+    a[3, 7:14] = -float("inf")  # a whole tile of impossible tokens in one row
+    t = torch.randint(0, 40, (12,), generator=g)
+    t[3] = 20
+    src = lambda x: ev._Logits(40, lambda lo, hi, v0, v1: x[lo:hi, v0:v1].clone())  # noqa: E731
+    ce, kl = ev._head_stats([src(a), src(b), src(a)], t, kl_to={1, 2})
+    for x, got in ((a, ce[0]), (b, ce[1])):
+        assert torch.allclose(got, F.cross_entropy(x.double(), t, reduction="none"), rtol=1e-6, atol=1e-6)
+    finite = torch.arange(12) != 3  # KL over -inf logits is NaN (-inf − -inf), as in a plain p·log p sum
+    assert torch.equal(ce[0], ce[2]) and torch.equal(kl[2][finite], torch.zeros(11, dtype=torch.float64))
+    lp_a, lp_b = a.double().log_softmax(-1), b.double().log_softmax(-1)
+    ref = (lp_a.exp() * (lp_a - lp_b)).sum(-1)
+    assert torch.allclose(kl[1][finite], ref[finite], rtol=1e-5, atol=1e-5)
+
+
+def test_softcapped_head_gemma2(tiny_tokenizer, tokens):
+    """gemma2 caps its logits (tanh(l / c)·c): the tiled head of the shared path applies it too."""
+    from sae_hooks import HFAdapter
+
+    from .conftest import make_tiny
+
+    model = make_tiny("gemma2")
+    assert model.config.final_logit_softcapping
+    adapter = HFAdapter(model, tiny_tokenizer, "tiny-gemma2")
+    sae = random_sae()
+    ce, kl = _reference_metrics(adapter, sae, tokens, "resid_post.1")
+    r = evaluate(adapter, sae, tokens, hook="resid_post.1")
+    assert r.ce_clean == pytest.approx(ce["clean"], rel=1e-6) and r.ce_spliced == pytest.approx(ce["spliced"], rel=1e-6)
+    assert r.ce_zero_ablated == pytest.approx(ce["zero"], rel=1e-6) and r.kl == pytest.approx(kl, rel=1e-5)
+    assert evaluate(adapter, identity_sae(), tokens, hook="resid_post.1").delta_ce == 0.0
 
 
 def test_hf_and_transformerlens_bridge_agree(tiny_hf, tiny_bridge, tokens):

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from jaxtyping import Float
 from torch import Tensor, nn
 
 from ..hookpoints import HookName
-from .base import Adapter, HookFn, Site
+from .base import Adapter, HookFn, Site, _checked, _StopForward
 
 
 @dataclass(frozen=True)
@@ -178,12 +180,57 @@ class HFAdapter(Adapter):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
     # ---- sharing the prefix below a layer between several forwards ----------------------
+    @property
+    def vocab_size(self) -> int:
+        """Number of logits the head produces."""
+        head = self.model.get_output_embeddings()
+        return int(getattr(head, "out_features", None) or self.model.config.vocab_size)
+
+    def unembed(self, hidden: Float[Tensor, "... d"], cols: slice | None = None) -> Float[Tensor, "... vocab"]:
+        """Logits from the final normed hidden state (the head's input), with the config's
+        ``final_logit_softcapping`` (gemma2) applied as the model applies it; ``cols`` computes only
+        those vocabulary columns.
+
+        >>> h, prefix = adapter.forward_recording(ids, layer=6, unembed=False)
+        >>> adapter.unembed(h[:, :64], slice(0, 1024))   # some positions, the first 1,024 tokens
+        """
+        head = self.model.get_output_embeddings()
+        if cols is None:
+            logits = head(hidden)
+        elif type(head) is nn.Linear:
+            logits = F.linear(hidden, head.weight[cols], None if head.bias is None else head.bias[cols])
+        else:
+            logits = head(hidden)[..., cols]
+        cap = getattr(self.model.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    def entry_layer(self, name: str) -> int:
+        """The first block ``resume`` must run for a hook: ``resid_post.L`` is the input of block
+        L + 1 (``n_layers`` for the last block: only the final norm and head follow), ``resid_pre.L``
+        the input of block L, and the other hook points sit inside block L."""
+        site = self.resolve(name)
+        if site.layer is None:
+            raise ValueError(f"Hook {name} lies outside the block list; resume cannot apply it.")
+        return site.layer + 1 if self._boundary(name) == 0 else site.layer
+
+    def _boundary(self, name: str) -> int | None:
+        """0 for a block's output (resid_post), 1 for a block's input (resid_pre), None inside a block."""
+        site = self.resolve(name)
+        if site.layer is None or site.module is not self.layers[site.layer]:
+            return None
+        return 1 if site.pre else 0
+
     @torch.no_grad()
-    def forward_recording(self, input_ids: Tensor, layer: int, hooks: dict[str, HookFn] | None = None) -> tuple[Tensor, "Prefix"]:
+    def forward_recording(self, input_ids: Tensor, layer: int, hooks: dict[str, HookFn] | None = None, *,
+                          unembed: bool = True) -> tuple[Tensor, "Prefix"]:
         """Clean logits plus what is needed to rerun blocks ``layer..`` under other hooks.
 
         Evaluation runs several conditions (clean, spliced, ablated) that agree below ``layer``;
-        ``resume`` reruns only the blocks from ``layer`` on.
+        ``resume`` reruns only the blocks from there on. With ``unembed=False`` the forward stops
+        before the head and returns the final normed hidden state instead of logits (the caller
+        applies ``unembed`` to the positions it needs).
 
         >>> logits, prefix = adapter.forward_recording(ids, layer=6)
         >>> spliced = adapter.resume(prefix, {"resid_post.6": splice_fn})
@@ -192,6 +239,7 @@ class HFAdapter(Adapter):
         if self.family.final_norm is None:
             raise ValueError(f"forward_recording needs the final-norm path of {self.model_type}; add its family to FAMILIES.")
         calls: list[tuple[tuple, dict]] = [None] * self.n_layers  # type: ignore[list-item]
+        seen: dict[str, Tensor] = {}
 
         def record(i: int):
             def pre(module, args, kwargs):
@@ -199,37 +247,66 @@ class HFAdapter(Adapter):
 
             return pre
 
+        def record_final(module, args):  # the last block's output: resume point after block n-1
+            seen["final"] = args[0] if args else None
+
+        def stop_at_head(module, args):
+            seen["hidden"] = args[0]
+            raise _StopForward
+
+        norm = self.model.get_submodule(self.family.final_norm)
         handles = [self.layers[i].register_forward_pre_hook(record(i), with_kwargs=True) for i in range(layer, self.n_layers)]
+        handles.append(norm.register_forward_pre_hook(record_final))
+        if not unembed:
+            handles.append(self.model.get_output_embeddings().register_forward_pre_hook(stop_at_head))
         try:
-            logits = self.forward(input_ids, hooks=hooks)
+            out = self.forward(input_ids, hooks=hooks)
+        except _StopForward:
+            out = seen["hidden"]
         finally:
             for h in handles:
                 h.remove()
-        return logits, Prefix(layer, calls)
+        return out, Prefix(layer, calls, seen.get("final"))
 
     @torch.no_grad()
-    def resume(self, prefix: "Prefix", hooks: dict[str, HookFn] | None = None) -> Tensor:
-        """Rerun blocks ``prefix.layer..`` from the recorded input, with ``hooks`` active; return logits."""
-        for name in hooks or {}:
+    def resume(self, prefix: "Prefix", hooks: dict[str, HookFn] | None = None, *, unembed: bool = True) -> Tensor:
+        """Rerun the blocks from the earliest hook's ``entry_layer`` on, from the recorded input,
+        with ``hooks`` active; return logits (``unembed=False``: the final normed hidden state).
+
+        A hook at ``resid_post.L`` (or ``resid_pre.L+1``) is applied to the recorded input of block
+        L + 1 directly: block L is the same in every condition and is not rerun.
+        """
+        hooks = dict(hooks or {})
+        entry = {}
+        for name in hooks:
             site = self.resolve(name)
             if site.layer is None or site.layer < prefix.layer:
                 raise ValueError(f"Hook {name} lies below the recorded layer {prefix.layer}; resume cannot apply it.")
-        head = self.model.get_output_embeddings()
-        norm = self.model.get_submodule(self.family.final_norm)
-        with self.hooks(hooks or {}):
-            args, kwargs = prefix.calls[prefix.layer]
+            entry[name] = self.entry_layer(name)
+        start = min(entry.values(), default=self.n_layers)
+        if start == self.n_layers:
+            if prefix.final is None:
+                raise ValueError("The prefix holds no output of the last block (final-norm input); record it again.")
+            h = prefix.final
+        else:
+            args, kwargs = prefix.calls[start]
             h = args[0] if args else kwargs["hidden_states"]
-            for i in range(prefix.layer, self.n_layers):
+        # Hooks whose value is the input of block `start` act on it here, resid_post of the block
+        # below before resid_pre (the forward's order); the others are installed as usual.
+        direct = sorted((n for n in hooks if entry[n] == start and self._boundary(n) is not None), key=self._boundary)
+        for name in direct:
+            out = _checked(self.resolve(name), hooks.pop(name))(h)
+            h = h if out is None else out
+        norm = self.model.get_submodule(self.family.final_norm)
+        with self.hooks(hooks):
+            for i in range(start, self.n_layers):
                 a, kw = prefix.calls[i]
                 kw = {k: v for k, v in kw.items() if k != "hidden_states"}
                 h = self.layers[i](h, *a[1:], **kw)
                 if isinstance(h, tuple):
                     h = h[0]
-            logits = head(norm(h))
-        cap = getattr(self.model.config, "final_logit_softcapping", None)
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        return logits
+            h = norm(h)
+        return self.unembed(h) if unembed else h
 
 
 @dataclass
@@ -237,4 +314,8 @@ class Prefix:
     """Recorded block inputs from ``forward_recording`` (references, no copies)."""
 
     layer: int
+    """The first block whose input was recorded."""
     calls: list
+    """(args, kwargs) of every block call from ``layer`` on (None below it)."""
+    final: Tensor | None = None
+    """The last block's output (the final norm's input): where a hook at the last ``resid_post`` resumes."""
