@@ -266,9 +266,13 @@ class Trainer:
         counter = self.since_fired[t.name]
         counter += n_global
         counter[fired] = 0
-        with torch.no_grad():
-            diff = (res.x_hat.float() - x.float()).view(-1)
-            fvu = float(torch.dot(diff, diff)) / max(var, 1e-12)
+        if "mse" in res.parts:  # Σ‖x − x_hat‖² / rows (TrainLoss's contract): no second pass over the batch
+            err = float(res.parts["mse"]) * x.shape[0]
+        else:
+            with torch.no_grad():
+                diff = (res.x_hat.float() - x.float()).view(-1)
+                err = float(torch.dot(diff, diff))
+        fvu = err / max(var, 1e-12)
         return StepStats(float(res.loss.detach()), fvu, float(res.l0), float(dead.float().mean()), lr,
                          {k: float(v) for k, v in res.parts.items()})
 
