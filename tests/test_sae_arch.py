@@ -288,11 +288,12 @@ def _reference_loss(sae, x, dead):
 @pytest.mark.parametrize("arch,extra", [("topk", {}), ("batchtopk", {}), ("matryoshka", {}),
                                         ("matryoshka", {"prefix_loss": "sum", "widths": (5, 40, 41, 128)})])
 @pytest.mark.parametrize("seed", SEEDS)
-def test_training_loss_and_gradients_match_a_dense_reference(arch, extra, seed):
+@pytest.mark.parametrize("dead_every", [3, 12])  # more dead latents than aux_k = d_in // 2 = 16, and fewer
+def test_training_loss_and_gradients_match_a_dense_reference(arch, extra, seed, dead_every):
     """Loss and every parameter's gradient (and the input's) of the sparse training path equal the dense math."""
     x = _x(seed, 64) * 2
     dead = torch.zeros(D_SAE, dtype=torch.bool)
-    dead[seed::3] = True
+    dead[seed::dead_every] = True
     results = []
     for path in ("sparse", "reference"):
         sae = make_sae(arch, D_IN, D_SAE, seed=seed, **{**KW[arch], **extra})
@@ -348,3 +349,22 @@ def test_topk_batch_is_the_exact_batch_topk(case):
         got = rows * d_sae + cols
         assert torch.equal(got, want), (trial, n_rows, d_sae, k)
         assert float(threshold) == (float(vals[-1]) if bool(vals[-1] > 0) else 0.0)
+
+
+def test_mse_per_token_value_and_gradients():
+    """The fused MSE equals (x_hat − x)² summed over d_in and averaged over tokens, with both gradients."""
+    from sae_hooks.sae.base import mse_per_token
+
+    g = torch.Generator().manual_seed(0)
+    for shape in [(7, 5), (2, 3, 4)]:
+        a = torch.randn(shape, generator=g, requires_grad=True)
+        b = torch.randn(shape, generator=g, requires_grad=True)
+        (3 * mse_per_token(a, b)).backward()
+        a2, b2 = a.detach().clone().requires_grad_(True), b.detach().clone().requires_grad_(True)
+        ref = (a2 - b2).pow(2).sum(-1).mean()
+        (3 * ref).backward()
+        torch.testing.assert_close(mse_per_token(a, b), ref)
+        torch.testing.assert_close(a.grad, a2.grad)
+        torch.testing.assert_close(b.grad, b2.grad)
+    # Broadcasting falls back to the plain formula.
+    torch.testing.assert_close(mse_per_token(torch.ones(4, 3), torch.zeros(3)), torch.tensor(3.0))

@@ -94,13 +94,14 @@ class MatryoshkaSAE(BatchTopKSAE):
 
             out = sae.training_loss(x, dead_mask); out.loss.backward()
         """
-        f = self._encode_active(x, sparse)
+        f = self._encode_active(x, dead_mask, sparse)
         x = f["x"]
-        target = x - self.b_dec  # prefix s reconstructs it from latents [0, widths[s])
-        if sparse:
-            mses, residual = _PrefixMSE.apply(f["rows"], f["cols"], f["vals"], self.W_dec, target,
+        if sparse:  # prefix s reconstructs x − b_dec from latents [0, widths[s])
+            with torch.no_grad():
+                target = f["sae_in"] if self.cfg.apply_b_dec_to_input else x - self.b_dec
+            mses, residual = _PrefixMSE.apply(f["rows"], f["cols"], f["vals"], self.W_dec, x, self.b_dec, target,
                                               (0,) + self.cfg.widths)
-            f["x_hat"] = x - residual
+            f["x_hat"], f["residual"] = x - residual, residual
         else:  # the dense reference: one product per segment, then cumulative sums
             n, bounds = x.shape[0], (0,) + self.cfg.widths
             z = dense_codes(f["rows"], f["cols"], f["vals"], n, self.cfg.d_sae)  # [B, d_sae]
@@ -111,7 +112,7 @@ class MatryoshkaSAE(BatchTopKSAE):
         parts: dict[str, Tensor] = {f"mse_w{w}": m for w, m in zip(self.cfg.widths, mses.detach().unbind())}
         recon = mses.mean() if self.cfg.prefix_loss == "mean" else mses.sum()
         parts["mse"] = mses[-1].detach()
-        aux = self._auxk(f, dead_mask, sparse)
+        aux = self._auxk(f, sparse)
         return self._finish(f, recon, parts, aux)
 
 
@@ -129,7 +130,8 @@ class _PrefixMSE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, rows, cols, vals, W_dec, target, bounds):  # type: ignore[override]
+    def forward(ctx, rows, cols, vals, W_dec, x, b_dec, target, bounds):  # type: ignore[override]
+        # target = x − b_dec, already computed (no gradient); x and b_dec are given for their gradients.
         n, n_seg = target.shape[0], len(bounds) - 1
         starts = torch.tensor(bounds[1:-1], dtype=cols.dtype, device=cols.device)
         seg = torch.bucketize(cols, starts, right=True)  # [nnz] segment of each entry
@@ -150,7 +152,7 @@ class _PrefixMSE(torch.autograd.Function):
     def backward(ctx, g, _g_residual):  # type: ignore[override]
         order, rows, cols, vals, W_dec, *res = ctx.saved_tensors
         counts, bounds, n = ctx.counts, ctx.bounds, res[0].shape[0]
-        need_vals, need_W, need_target = ctx.needs_input_grad[2], ctx.needs_input_grad[3], ctx.needs_input_grad[4]
+        need_vals, need_W, need_x, need_b = ctx.needs_input_grad[2:6]
         coef = (-2.0 / n) * g.to(res[0].dtype)  # [S]
         grads: list[Tensor] = [res[-1] * coef[-1]]
         for s in range(len(res) - 2, -1, -1):
@@ -163,4 +165,7 @@ class _PrefixMSE(torch.autograd.Function):
             dW.append(gw)
         grad_vals = torch.empty_like(vals).scatter_(0, order, torch.cat(dvals)) if need_vals else None
         grad_W = torch.cat(dW) if need_W else None
-        return None, None, grad_vals, grad_W, (-grads[0] if need_target else None), None
+        # ∂/∂target = −grads[0]; target = x − b_dec (b_dec shared by all tokens: a column sum).
+        grad_x = -grads[0] if need_x else None
+        grad_b = grads[0].sum(0) if need_b else None
+        return None, None, grad_vals, grad_W, grad_x, grad_b, None, None

@@ -44,8 +44,7 @@ def sorted_ints(values: Int[Tensor, " n"]) -> Int[Tensor, " n"]:
     return torch.from_numpy(np.sort(values.numpy()))
 
 
-# PyTorch warns once per process that CSR tensors are "in beta"; we use only CSR @ dense and
-# sampled_addmm. Silence exactly that message, where a CSR tensor is built, nothing else.
+# PyTorch warns once per process that CSR tensors are "in beta"; we use only sampled_addmm. Silence exactly that message, where a CSR tensor is built, nothing else.
 _CSR_BETA = "Sparse CSR tensor support is in beta state"
 
 
@@ -72,7 +71,7 @@ class _GatherPre(torch.autograd.Function):
     """pre[rows, cols] = (x − b_dec)[rows] · W_enc[:, cols] + b_enc[cols], sparse backward.
 
     The forward reuses the already computed dense pre-activations; the backward never
-    forms a dense [B, d_sae] gradient: dW_enc is a sparse (d_sae×B)·(B×d_in) product,
+    forms a dense [B, d_sae] gradient: dW_enc is a sparse (d_sae×B)·(B×d_in) product (`_latent_sums`),
     db_dec = −W_enc · db_enc (one mat-vec, since b_dec is shared by all tokens), and dx
     (rarely needed) an embedding-bag over the active encoder columns.
     """
@@ -95,12 +94,12 @@ class _GatherPre(torch.autograd.Function):
             if need_bd and ctx.has_b_dec:
                 grad_bd = -(W_enc.detach() @ grad_b)
         if need_W:
-            # CSR of the [d_sae, B] gradient: sort entries by latent (stable keeps rows sorted).
-            grad_W = (_csr_by_latent(rows, cols, g, d_sae, n_rows) @ sae_in).T  # [d_in, d_sae], a view
+            grad_W = _latent_sums(rows, cols, g, sae_in, d_sae).T  # [d_in, d_sae], a view
         if need_x:
+            order = stable_argsort(rows, n_rows)  # the entries need not come sorted by row
             grad_x = F.embedding_bag(
-                cols, W_enc.detach().T.contiguous(), row_offsets(rows, n_rows),
-                mode="sum", per_sample_weights=g,
+                cols[order], W_enc.detach().T.contiguous(), row_offsets(rows[order], n_rows),
+                mode="sum", per_sample_weights=g[order],
             )
         return grad_x, grad_bd, grad_W, (grad_b if need_b else None), None, None, None, None
 
@@ -113,29 +112,35 @@ def gather_pre(
     rows: Int[Tensor, " nnz"],
     cols: Int[Tensor, " nnz"],
     pre_vals: Float[Tensor, " nnz"],
+    *,
+    sae_in: Float[Tensor, "B d_in"] | None = None,
 ) -> Float[Tensor, " nnz"]:
-    """Differentiable pre-activations at the active (row, col) entries; sparse backward.
+    """Differentiable pre-activations at the active (row, col) entries (any order, repeats allowed).
 
-    `b_dec` is subtracted from x (None when the SAE does not apply it to the input);
-    `pre_vals` are the forward values, already computed by the dense product.
+    Sparse backward. `b_dec` is subtracted from x (None when the SAE does not apply it to the input);
+    `pre_vals` are the forward values, already computed by the dense product; `sae_in`, if
+    given, is x − b_dec (x when b_dec is None) as computed for that product (saves a pass).
 
         vals = gather_pre(x, sae.b_dec, sae.W_enc, sae.b_enc, rows, cols, pre[rows, cols])
     """
-    with torch.no_grad():
-        sae_in = x - b_dec if b_dec is not None else x
+    if sae_in is None:
+        with torch.no_grad():
+            sae_in = x - b_dec if b_dec is not None else x
     # Under autocast the dense product (pre) may be bf16/fp16; the sparse path stays in W_enc's dtype.
     return _GatherPre.apply(x, b_dec, W_enc, b_enc, rows, cols, pre_vals.detach().to(W_enc.dtype), sae_in.detach())
 
 
-def _csr_by_latent(rows: Tensor, cols: Tensor, vals: Tensor, d_sae: int, n_rows: int) -> Tensor:
-    """The [d_sae, n_rows] sparse matrix holding ``vals`` at (cols, rows), as CSR (beta API, mm only)."""
-    order = stable_argsort(cols, d_sae)  # stable: rows stay sorted within each latent
-    crow = torch.zeros(d_sae + 1, dtype=torch.long, device=vals.device)
-    crow[1:] = torch.cumsum(torch.bincount(cols, minlength=d_sae), 0)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_CSR_BETA, category=UserWarning)
-        return torch.sparse_csr_tensor(crow, rows[order], vals[order], (d_sae, n_rows),
-                                       check_invariants=False)  # valid by construction
+def _latent_sums(rows: Int[Tensor, " nnz"], cols: Int[Tensor, " nnz"], vals: Float[Tensor, " nnz"],
+                 dense: Float[Tensor, "n_rows d"], d_sae: int) -> Float[Tensor, "d_sae d"]:
+    """out[j] = Σ over the entries e of latent j of vals[e]·dense[rows[e]]: a (d_sae×B)·(B×d) product
+    with the sparse side given as COO, computed as an embedding_bag over the entries sorted by
+    latent (radix sort). Bit-identical to the CSR product it replaced and ~2.5 ms faster per call
+    here (MKL's CSR product zero-fills and copies its [d_sae, d] output).
+    """
+    order = stable_argsort(cols, d_sae)
+    counts = torch.bincount(cols, minlength=d_sae)
+    return F.embedding_bag(rows[order], dense, torch.cumsum(counts, 0) - counts, mode="sum",
+                           per_sample_weights=vals[order])
 
 
 def decode_rows(rows: Int[Tensor, " nnz"], cols: Int[Tensor, " nnz"], vals: Float[Tensor, " nnz"],
@@ -152,7 +157,7 @@ def decode_grads(
     """(∂/∂vals, ∂/∂W_dec) of `decode_rows` for the output gradient g, without torch.sort.
 
     embedding_bag's own backward sorts the indices with torch.sort (~110 ms per TopK step on this
-    CPU); here dW_dec is a CSR (d_sae×B)·(B×d_in) product built with a radix sort, and dvals the
+    CPU); here dW_dec is a sparse (d_sae×B)·(B×d_in) product (`_latent_sums`, radix sort), and dvals the
     sampled product ⟨g[row], W_dec[col]⟩ (SDDMM).
     """
     g = g.contiguous()
@@ -166,7 +171,7 @@ def decode_grads(
         dots = sampled_dots(crow, cols[order], g, W_dec.detach())
         grad_vals = torch.empty_like(dots).scatter_(0, order, dots)
     if need_W:
-        grad_W = _csr_by_latent(rows, cols, vals.detach(), W_dec.shape[0], n_rows) @ g
+        grad_W = _latent_sums(rows, cols, vals.detach(), g, W_dec.shape[0])
     return grad_vals, grad_W
 
 

@@ -72,45 +72,50 @@ class _TopKFamily(SAE):
         """(rows, cols) of the active entries, sorted by row. Runs under no_grad."""
         raise NotImplementedError
 
-    def _encode_active(self, x: Tensor, sparse: bool) -> dict[str, Tensor]:
-        """Shared training encoder: pre-activations, the selection and its differentiable values.
+    def _encode_active(self, x: Tensor, dead_mask: Tensor | None, sparse: bool) -> dict[str, Tensor]:
+        """Shared training encoder: pre-activations, the selections and their differentiable values.
 
-        Sparse: only the forward product is dense; the values' backward is `gather_pre`'s
-        sparse one. Dense (the reference): autograd through the full [B, d_sae] product.
+        The main selection (`_select`) and AuxK's (`_aux_select`) share one value gather, so the
+        sparse backward builds one encoder gradient for both. Sparse: only the forward product is
+        dense; the values' backward is `gather_pre`'s sparse one. Dense (the reference): autograd
+        through the full [B, d_sae] product.
         """
         check_input(x, self.cfg.d_in)
         if x.ndim != 2:
             raise ValueError(f"training_loss takes x of shape [B, d_in]; got {tuple(x.shape)}.")
         x = x.to(self.W_dec.dtype)
-        sae_in = x - self.b_dec if self.cfg.apply_b_dec_to_input else x
         if sparse:
-            with torch.no_grad():
+            with torch.no_grad():  # the sparse backward (gather_pre) handles b_dec's gradient
+                sae_in = x - self.b_dec if self.cfg.apply_b_dec_to_input else x
                 pre = torch.addmm(self.b_enc, sae_in, self.W_enc)  # [B, d_sae]
-            rows, cols = self._select(pre)
-            b_dec = self.b_dec if self.cfg.apply_b_dec_to_input else None
-            vals = gather_pre(x, b_dec, self.W_enc, self.b_enc, rows, cols, pre[rows, cols]).relu()
         else:
+            sae_in = x - self.b_dec if self.cfg.apply_b_dec_to_input else x
             pre = sae_in @ self.W_enc + self.b_enc
-            rows, cols = self._select(pre.detach())
-            vals = pre[rows, cols].relu()
-        return {"x": x, "sae_in": sae_in, "pre": pre, "rows": rows, "cols": cols, "vals": vals}
-
-    def _sparse_forward(self, x: Tensor, sparse: bool) -> dict[str, Tensor]:
-        """`_encode_active` plus the reconstruction x_hat (sparse decode, or the dense product)."""
-        f = self._encode_active(x, sparse)
-        n = f["x"].shape[0]
+        rows, cols = self._select(pre.detach())
+        aux_rows, aux_cols, aux_pre, aux_scale = self._aux_select(pre.detach(), dead_mask)
+        all_rows, all_cols = torch.cat([rows, aux_rows]), torch.cat([cols, aux_cols])
         if sparse:
-            f["x_hat"] = sparse_decode(f["rows"], f["cols"], f["vals"], self.W_dec, self.b_dec, n)
+            b_dec = self.b_dec if self.cfg.apply_b_dec_to_input else None
+            pre_vals = torch.cat([pre[rows, cols], aux_pre])
+            vals = gather_pre(x, b_dec, self.W_enc, self.b_enc, all_rows, all_cols, pre_vals, sae_in=sae_in).relu()
         else:
-            f["x_hat"] = dense_codes(f["rows"], f["cols"], f["vals"], n, self.cfg.d_sae) @ self.W_dec + self.b_dec
-        return f
+            vals = pre[all_rows, all_cols].relu()
+        n_main = rows.numel()
+        return {"x": x, "sae_in": sae_in, "pre": pre, "rows": rows, "cols": cols, "vals": vals[:n_main],
+                "aux_rows": aux_rows, "aux_cols": aux_cols, "aux_vals": vals[n_main:], "aux_scale": aux_scale}
 
-    def _auxk(
-        self, f: dict[str, Tensor], dead_mask: Tensor | None, sparse: bool
-    ) -> Tensor | None:
-        """AuxK (Gao et al. 2024): the top aux_k dead latents reconstruct the residual."""
+    @torch.no_grad()
+    def _aux_select(self, pre: Tensor, dead_mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor, float | None]:
+        """AuxK's entries: each token's top aux_k dead latents, those with pre > 0, sorted by row.
+
+        Returns (rows, cols, their pre values, loss scale); scale None = no AuxK term (no dead latent).
+        Entries with pre <= 0 are dropped: ReLU makes them 0 with 0 gradient, and they were about
+        half of the dead latents' entries here (the backward's cost is per entry).
+        """
+        empty = torch.zeros(0, dtype=torch.long, device=pre.device)
+        none = (empty, empty, pre.new_zeros(0), None)
         if dead_mask is None:
-            return None
+            return none
         if dead_mask.shape != (self.cfg.d_sae,) or dead_mask.dtype != torch.bool:
             raise ValueError(
                 f"dead_mask must be a bool tensor of shape ({self.cfg.d_sae},); got "
@@ -118,27 +123,45 @@ class _TopKFamily(SAE):
             )
         n_dead = int(dead_mask.sum())
         if n_dead == 0:
-            return None
+            return none
         aux_k = min(self.cfg.aux_k or self.cfg.d_in // 2, n_dead)
-        scale = min(n_dead / aux_k, 1.0)
-        x, sae_in, pre = f["x"], f["sae_in"], f["pre"]
-        n = x.shape[0]
-        e = (x - f["x_hat"]).detach()  # the residual the dead latents should explain
-        with torch.no_grad():
-            # Top aux_k among the dead columns only (a gather of n_dead columns, not a masked copy of all).
-            dead_idx = dead_mask.nonzero().squeeze(1)
-            rows, local = topk_per_row(pre.detach().index_select(1, dead_idx), aux_k)
-            cols = dead_idx[local]
+        # Top aux_k among the dead columns only (a gather of n_dead columns, not a masked copy of all).
+        dead_idx = dead_mask.nonzero().squeeze(1)
+        dead_pre = pre.index_select(1, dead_idx)  # [B, n_dead]
+        if aux_k < n_dead:
+            rows, local = topk_per_row(dead_pre, aux_k)
+            keep = dead_pre[rows, local] > 0
+            rows, local = rows[keep], local[keep]
+        else:  # every dead latent is among the top aux_k
+            rows, local = (dead_pre > 0).nonzero().unbind(1)
+        return rows, dead_idx[local], dead_pre[rows, local], min(n_dead / aux_k, 1.0)
+
+    def _sparse_forward(self, x: Tensor, dead_mask: Tensor | None, sparse: bool) -> dict[str, Tensor]:
+        """`_encode_active` plus the reconstruction x_hat (sparse decode, or the dense product)."""
+        f = self._encode_active(x, dead_mask, sparse)
+        n = f["x"].shape[0]
         if sparse:
-            b_dec = self.b_dec if self.cfg.apply_b_dec_to_input else None
-            vals = gather_pre(x, b_dec, self.W_enc, self.b_enc, rows, cols, pre[rows, cols])
-            e_hat = sparse_decode(rows, cols, vals.relu(), self.W_dec, None, n)
+            f["x_hat"] = sparse_decode(f["rows"], f["cols"], f["vals"], self.W_dec, self.b_dec, n)
         else:
-            vals = pre[rows, cols]
-            e_hat = dense_codes(rows, cols, vals.relu(), n, self.cfg.d_sae) @ self.W_dec
+            f["x_hat"] = dense_codes(f["rows"], f["cols"], f["vals"], n, self.cfg.d_sae) @ self.W_dec + self.b_dec
+        return f
+
+    def _auxk(self, f: dict[str, Tensor], sparse: bool) -> Tensor | None:
+        """AuxK (Gao et al. 2024): the top aux_k dead latents reconstruct the residual."""
+        if f["aux_scale"] is None:
+            return None
+        x, rows, cols, vals = f["x"], f["aux_rows"], f["aux_cols"], f["aux_vals"]
+        n = x.shape[0]
+        # The residual the dead latents should explain.
+        e = f["residual"] if "residual" in f else (x - f["x_hat"]).detach()
+        if sparse:
+            e_hat = sparse_decode(rows, cols, vals, self.W_dec, None, n)
+        else:
+            e_hat = dense_codes(rows, cols, vals, n, self.cfg.d_sae) @ self.W_dec
         # Normalised by the residual's variance so the loss is scale-free (as sparsify).
-        denom = (e - e.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
-        return scale * mse_per_token(e_hat, e) / denom
+        centered = (e - e.mean(0)).view(-1)
+        denom = (torch.dot(centered, centered) / n).clamp_min(1e-12)
+        return f["aux_scale"] * mse_per_token(e_hat, e) / denom
 
     def _finish(
         self, f: dict[str, Tensor], recon: Tensor, parts: dict[str, Tensor],
@@ -167,9 +190,9 @@ class _TopKFamily(SAE):
             out = sae.training_loss(x, dead_mask)
             out.loss.backward()
         """
-        f = self._sparse_forward(x, sparse)
+        f = self._sparse_forward(x, dead_mask, sparse)
         mse = mse_per_token(f["x_hat"], f["x"])
-        aux = self._auxk(f, dead_mask, sparse)
+        aux = self._auxk(f, sparse)
         return self._finish(f, mse, {"mse": mse.detach()}, aux)
 
     # SAELens layout: plain tensors; subclasses choose the architecture they load as.
