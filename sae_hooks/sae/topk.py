@@ -92,7 +92,7 @@ class _TopKFamily(SAE):
             sae_in = x - self.b_dec if self.cfg.apply_b_dec_to_input else x
             pre = sae_in @ self.W_enc + self.b_enc
         rows, cols = self._select(pre.detach())
-        aux_rows, aux_cols, aux_pre, aux_scale = self._aux_select(pre.detach(), dead_mask)
+        aux_rows, aux_cols, aux_pre, aux_scale = self._aux_select(pre.detach(), sae_in.detach(), dead_mask)
         all_rows, all_cols = torch.cat([rows, aux_rows]), torch.cat([cols, aux_cols])
         if sparse:
             b_dec = self.b_dec if self.cfg.apply_b_dec_to_input else None
@@ -105,12 +105,15 @@ class _TopKFamily(SAE):
                 "aux_rows": aux_rows, "aux_cols": aux_cols, "aux_vals": vals[n_main:], "aux_scale": aux_scale}
 
     @torch.no_grad()
-    def _aux_select(self, pre: Tensor, dead_mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor, float | None]:
+    def _aux_select(self, pre: Tensor, sae_in: Tensor, dead_mask: Tensor | None
+                    ) -> tuple[Tensor, Tensor, Tensor, float | None]:
         """AuxK's entries: each token's top aux_k dead latents, those with pre > 0, sorted by row.
 
         Returns (rows, cols, their pre values, loss scale); scale None = no AuxK term (no dead latent).
         Entries with pre <= 0 are dropped: ReLU makes them 0 with 0 gradient, and they were about
-        half of the dead latents' entries here (the backward's cost is per entry).
+        half of the dead latents' entries here (the backward's cost is per entry). With few dead
+        latents their pre-activations come from a small product (sae_in · W_enc[:, dead], under
+        autocast in its dtype like pre) rather than a column gather that reads all of pre (~4 ms here).
         """
         empty = torch.zeros(0, dtype=torch.long, device=pre.device)
         none = (empty, empty, pre.new_zeros(0), None)
@@ -127,7 +130,10 @@ class _TopKFamily(SAE):
         aux_k = min(self.cfg.aux_k or self.cfg.d_in // 2, n_dead)
         # Top aux_k among the dead columns only (a gather of n_dead columns, not a masked copy of all).
         dead_idx = dead_mask.nonzero().squeeze(1)
-        dead_pre = pre.index_select(1, dead_idx)  # [B, n_dead]
+        if n_dead <= self.cfg.d_sae // 16:
+            dead_pre = torch.addmm(self.b_enc[dead_idx], sae_in, self.W_enc[:, dead_idx])  # [B, n_dead]
+        else:
+            dead_pre = pre.index_select(1, dead_idx)  # [B, n_dead]
         if aux_k < n_dead:
             rows, local = topk_per_row(dead_pre, aux_k)
             keep = dead_pre[rows, local] > 0
@@ -158,9 +164,10 @@ class _TopKFamily(SAE):
             e_hat = sparse_decode(rows, cols, vals, self.W_dec, None, n)
         else:
             e_hat = dense_codes(rows, cols, vals, n, self.cfg.d_sae) @ self.W_dec
-        # Normalised by the residual's variance so the loss is scale-free (as sparsify).
-        centered = (e - e.mean(0)).view(-1)
-        denom = (torch.dot(centered, centered) / n).clamp_min(1e-12)
+        # Normalised by the residual's variance so the loss is scale-free (as sparsify):
+        # Σ‖e − ē‖²/B = Σ‖e‖²/B − ‖ē‖² (two passes over e instead of four).
+        flat, mean = e.reshape(-1), e.mean(0)
+        denom = (torch.dot(flat, flat) / n - torch.dot(mean, mean)).clamp_min(1e-12)
         return f["aux_scale"] * mse_per_token(e_hat, e) / denom
 
     def _finish(
