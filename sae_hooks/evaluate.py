@@ -279,14 +279,14 @@ class _Stats:
     def add_acts(self, x: Tensor, x_hat: Tensor, z: Tensor, m: Tensor) -> None:
         xs = x[m].double().cpu()
         xh = x_hat[m].double().cpu()
-        zs = z[m]
         self.n_act += xs.shape[0]
         self.sq_err += float((xs - xh).pow(2).sum())
         self.sum_x += xs.sum(0)
         self.sum_x2 += float(xs.pow(2).sum())
-        nz = (zs != 0)
-        self.l0 += float(nz.sum())
-        self.fired += nz.sum(0).double().cpu()
+        # Firing counts per latent over the evaluated positions, without copying z[m] out.
+        fired = (z != 0).logical_and_(m[..., None].to(z.device)).sum(tuple(range(z.dim() - 1)))
+        self.l0 += float(fired.sum())
+        self.fired += fired.double().cpu()
 
     def mean_act(self) -> Tensor:
         if self.n_act == 0:
