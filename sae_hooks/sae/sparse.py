@@ -251,12 +251,9 @@ def topk_batch(pre: Float[Tensor, "B d_sae"], k: int) -> tuple[Tensor, Tensor, T
     expected = total / stride  # the threshold's expected rank within the sample
     rank = math.ceil(1.1 * expected + 4 * math.sqrt(expected) + 8)
     while True:
-        if rank < sample.numel():
-            bound = sample.topk(rank, sorted=False).values.min()
-            exhaustive = not bool(bound > 0)
-        else:
-            bound, exhaustive = None, True
-        cand = _flat_at_least(flat, None if exhaustive else bound)  # sorted flat indices
+        bound = _kth_largest_if_positive(sample, rank) if rank < sample.numel() else None
+        exhaustive = bound is None
+        cand = _flat_at_least(flat, bound)  # sorted flat indices
         if exhaustive or cand.numel() >= total:
             break
         rank *= 4
@@ -267,6 +264,23 @@ def topk_batch(pre: Float[Tensor, "B d_sae"], k: int) -> tuple[Tensor, Tensor, T
     threshold = vals.min() if cand.numel() == total else flat.new_zeros(())
     rows = cand // d_sae
     return rows, cand - rows * d_sae, threshold
+
+
+def _kth_largest_if_positive(values: Float[Tensor, " n"], rank: int) -> Tensor | None:
+    """The rank-th largest value if it is > 0, else None (fewer than rank values are positive).
+
+    On the CPU a numpy partition of the bit patterns (see `_flat_at_least`): 0.7 ms against
+    3.3 ms for torch.topk on the ~280k sampled values of one step here.
+    """
+    if values.device.type != "cpu" or values.dtype not in _SAME_WIDTH_INT:
+        v = values.topk(rank, sorted=False).values.min()
+        return v if bool(v > 0) else None
+    int_dtype = _SAME_WIDTH_INT[values.dtype]
+    bits = values.contiguous().view(int_dtype).numpy()
+    b = np.partition(bits, bits.size - rank)[bits.size - rank]
+    # Positive floats read as positive ints in the same order, the rest as <= 0: a positive result
+    # is the rank-th largest float; otherwise fewer than rank values are positive.
+    return torch.tensor([int(b)], dtype=int_dtype).view(values.dtype)[0] if b > 0 else None
 
 
 def _flat_at_least(flat: Float[Tensor, " n"], bound: Tensor | None) -> Int[Tensor, " m"]:
