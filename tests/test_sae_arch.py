@@ -90,6 +90,7 @@ def test_topk_l0_is_k(seed):
     assert ((z != 0).sum(-1) == 6).all()
     out = sae.training_loss(_x(seed))
     assert float(out.l0) == 6.0
+    assert torch.equal(out.fired, (sae.encode(_x(seed)) != 0).any(0))  # fired = latents non-zero on some token
 
 
 @pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka"])
