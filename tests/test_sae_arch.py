@@ -370,3 +370,21 @@ def test_mse_per_token_value_and_gradients():
         torch.testing.assert_close(b.grad, b2.grad)
     # Broadcasting falls back to the plain formula.
     torch.testing.assert_close(mse_per_token(torch.ones(4, 3), torch.zeros(3)), torch.tensor(3.0))
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka"])
+def test_reused_pre_activation_block_leaves_no_trace(arch):
+    """The training step's reused [B, d_sae] block: two losses built before one backward get the same
+    gradients as two separate backwards (no graph keeps a view of it), and copies do not carry it."""
+    import copy
+
+    dead = torch.zeros(D_SAE, dtype=torch.bool)
+    dead[::5] = True
+    x1, x2 = _x(1, 64), _x(2, 48) * 2
+    together, apart = _sae(arch), _sae(arch)
+    (together.training_loss(x1, dead).loss + together.training_loss(x2, dead).loss).backward()
+    apart.training_loss(x1, dead).loss.backward()
+    apart.training_loss(x2, dead).loss.backward()
+    for (name, p), q in zip(together.named_parameters(), apart.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=name)
+    assert copy.deepcopy(together)._pre_block is None
