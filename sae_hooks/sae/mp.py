@@ -237,13 +237,22 @@ _KERNELS = {(torch.float32, torch.float32): "mp_pursue_f32", (torch.float64, tor
             (torch.float32, torch.bfloat16): "mp_pursue_f32_bf16gram"}
 
 
-def _kernel(D: Tensor, gram: Tensor | None) -> Any:
-    """The C entry point for this dictionary and Gram matrix, or None (then PyTorch ops run)."""
-    name = _KERNELS.get((D.dtype, gram.dtype)) if gram is not None else None
-    if name is None or D.device.type != "cpu":
+def _kernel_fn(name: str | None, device: torch.device) -> Any:
+    """The C function ``name`` of mp_kernel.c with its return type set, or None (no kernel for
+    this case, a GPU, or no compiler: then PyTorch ops run)."""
+    if name is None or device.type != "cpu":
         return None
     lib = load_kernel("mp_kernel")
-    return None if lib is None else getattr(lib, name)
+    if lib is None:
+        return None
+    fn = getattr(lib, name)
+    fn.restype = ctypes.c_int64 if name.startswith("mp_pursue") else None
+    return fn
+
+
+def _kernel(D: Tensor, gram: Tensor | None) -> Any:
+    """The C pursuit for this dictionary and Gram matrix, or None."""
+    return _kernel_fn(_KERNELS.get((D.dtype, gram.dtype)) if gram is not None else None, D.device)
 
 
 def _native_pursue(
@@ -274,7 +283,6 @@ def _native_pursue(
     tol = _TIE_TOL * norms[:, 0] if exact else torch.zeros_like(norms[:, 0])
     ptr = ctypes.c_void_p
     i64 = ctypes.c_int64
-    fn.restype = i64
     status = fn(i64(r.shape[0]), i64(r.shape[1]), i64(D.shape[0]), ptr(c.data_ptr()), i64(c.stride(0)),
        ptr(r.data_ptr()), ptr(D.data_ptr()), ptr(gram.data_ptr()), i64(gram.stride(0)), i64(k),
        ctypes.c_double(residual_threshold), ctypes.c_int32(int(stop_dup)), ctypes.c_double(_TIE_TOL),
@@ -443,13 +451,9 @@ def _native_backward(
     ρ and w backwards (∂L/∂a_t = −v_t ρ_t + w_t r_{t−1}): O(k·d_in) per token in cache, where
     the PyTorch form needs Gram entries, a d_sae × d_sae coefficient matrix and its product
     with D. None if the kernel cannot run here (the caller then takes the PyTorch form)."""
-    name = {torch.float32: "mp_backward_f32", torch.float64: "mp_backward_f64"}.get(D.dtype)
-    if name is None or D.device.type != "cpu":
+    fn = _kernel_fn({torch.float32: "mp_backward_f32", torch.float64: "mp_backward_f64"}.get(D.dtype), D.device)
+    if fn is None:
         return None
-    lib = load_kernel("mp_kernel")
-    if lib is None:
-        return None
-    fn = getattr(lib, name)
     n, k = idx.shape
     d_sae, d_in = D.shape
     sae_in, D, idx, v = (t.contiguous() for t in (sae_in, D, idx, v))
@@ -470,7 +474,6 @@ def _native_backward(
         fn(i64(b - a), i64(d_in), i64(k), at(sae_in, a), at(D), at(idx, a), at(v, a), at(g_v, a), at(g_r, a),
            at(grad_in, a), at(parts[sh] if parts is not None else None), at(scratch[sh]))
 
-    fn.restype = None
     if shards == 1:
         run(0)
     else:
@@ -650,7 +653,7 @@ class MPSAE(SAE):
         x = x.to(self.W_dec.dtype)
         dev = x.device.type
         if (dev == "cpu" and torch.is_autocast_enabled(dev) and torch.get_autocast_dtype(dev) == torch.bfloat16
-                and _kernel(self.W_dec, self.W_dec.new_empty(0, dtype=torch.bfloat16)) is not None):
+                and _kernel_fn(_KERNELS.get((self.W_dec.dtype, torch.bfloat16)), x.device) is not None):
             # bf16 autocast on a CPU with the C kernel: bf16 correlations choose the atoms (half the
             # Gram traffic, 4x faster products on AMX); values and residual stay fp32 and exact.
             sae_in = self._sae_in(x).reshape(-1, self.cfg.d_in)
