@@ -217,29 +217,38 @@ class LogitEffects(NamedTuple):
     """True when the final norm's gain was applied to the direction before W_U."""
 
 
-def _readout(adapter: Adapter) -> tuple[Float[Tensor, "vocab d"], Float[Tensor, " d"] | None]:
-    """(W_U [vocab, d], final-norm gain or None) of either backend."""
+def _centers(norm: Any) -> bool:
+    """Whether a final norm subtracts the mean over d_model (LayerNorm) rather than only rescaling (RMSNorm)."""
+    norm = getattr(norm, "original_component", norm)  # the TL bridge wraps the HF module
+    return isinstance(norm, torch.nn.LayerNorm) or type(norm).__name__ in ("LayerNorm", "LayerNormPre")
+
+
+def _readout(adapter: Adapter) -> tuple[Float[Tensor, "vocab d"], Float[Tensor, " d"] | None, bool]:
+    """(W_U [vocab, d], final-norm gain or None, whether the norm centers) of either backend."""
     model = adapter.model
     if adapter.backend == "hf":
         W = model.get_output_embeddings().weight
         norm_path = getattr(getattr(adapter, "family", None), "final_norm", None)
-        gain = None
+        gain, center = None, False
         if norm_path is not None:
-            w = getattr(model.get_submodule(norm_path), "weight", None)
+            norm = model.get_submodule(norm_path)
+            center = _centers(norm)
+            w = getattr(norm, "weight", None)
             if w is not None:
                 # Gemma's RMSNorm multiplies by (1 + weight).
                 gain = 1 + w if str(getattr(model.config, "model_type", "")).startswith("gemma") else w
-        return W, gain
+        return W, gain, center
     W = model.W_U.T  # TransformerLens keeps W_U as [d_model, vocab]
-    gain = None
+    gain, center = None, False
     ln = getattr(model, "ln_final", None)
     if ln is not None:
+        center = _centers(ln)
         # HookedTransformer: ln_final.w (absent when folded into W_U); the bridge wraps the HF norm.
         for pname, p in ln.named_parameters():
             if pname.split(".")[-1] in ("w", "weight"):
                 gain = p
                 break
-    return W, gain
+    return W, gain, center
 
 
 @torch.no_grad()
@@ -248,8 +257,10 @@ def logit_effects(adapter: Adapter, sae: Any, latent: int, *, k: int = 10, throu
 
     score = W_U (g ⊙ d_latent): the direction passed through the final norm's gain g and the
     unembedding. The norm's 1/rms factor is a positive scalar per token, so it scales but does not
-    reorder the scores; it is left out. ``through_norm=False`` drops g (the plain "logit lens" of
-    the direction). Meaningful for SAEs on the residual stream.
+    reorder the scores; it is left out. A LayerNorm (GPT-2, Pythia) also subtracts the mean over
+    d_model, so there d_latent is centered first: adding a constant to every coordinate of the
+    residual changes no logit. ``through_norm=False`` drops g and the centering (the plain "logit
+    lens" of the direction). Meaningful for SAEs on the residual stream.
 
         >>> fx = logit_effects(adapter, sae, 123)
         >>> [t.token for t in fx.promoted[:5]]
@@ -257,11 +268,13 @@ def logit_effects(adapter: Adapter, sae: Any, latent: int, *, k: int = 10, throu
     d_sae = int(sae.cfg.d_sae)
     if isinstance(latent, bool) or not isinstance(latent, int) or not 0 <= latent < d_sae:
         raise ValueError(f"latent={latent!r} is out of range; this SAE has {d_sae} latents (0..{d_sae - 1}).")
-    W, gain = _readout(adapter)
+    W, gain, center = _readout(adapter)
     d = sae.W_dec[latent].detach().to(device=W.device, dtype=torch.float32)
     if d.shape[0] != W.shape[1]:
         raise ValueError(f"logit_effects: the SAE's decoder rows have width {d.shape[0]} but the unembedding reads "
                          f"{W.shape[1]}; this works for SAEs on the residual stream of this model.")
+    if through_norm and center:
+        d = d - d.mean()
     used = through_norm and gain is not None
     if used:
         d = d * gain.detach().float()

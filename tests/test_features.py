@@ -7,13 +7,16 @@ import torch
 
 from sae_hooks.features import MARK_CLOSE, MARK_OPEN, harvest, latents_for_text, logit_effects, top_contexts
 from sae_hooks.sae import make_sae
+from tests.test_steer import tiny_hooked  # noqa: F401  (the TL 3.x HookedTransformer fixture)
 
 HOOK = "resid_post.1"
 
 
-@pytest.fixture(params=["hf", "tl"])
+@pytest.fixture(params=["hf", "tl", pytest.param("tl3", marks=pytest.mark.tl3)])
 def adapter(request, tiny_hf):
-    return tiny_hf if request.param == "hf" else request.getfixturevalue("tiny_bridge")
+    if request.param == "hf":
+        return tiny_hf
+    return request.getfixturevalue("tiny_bridge" if request.param == "tl" else "tiny_hooked")
 
 
 @pytest.fixture
@@ -50,6 +53,16 @@ def test_contexts_mark_the_peak(adapter, sae, tiny_tokenizer):
     ctxs = h.contexts(f, tiny_tokenizer, adapter=adapter, sae=sae)
     assert len(ctxs) == 3 and ctxs[0].activation >= ctxs[1].activation >= ctxs[2].activation
     assert f"{MARK_OPEN}{ctxs[0].token}{MARK_CLOSE}" in ctxs[0].text
+    # Every token of the window where the latent fires is marked, and no other (brute force).
+    ids = torch.cat(batches)
+    z = sae.encode(adapter.capture(ids, [HOOK])[HOOK])[..., f]  # [seq, pos]
+    for c in ctxs:
+        assert float(z[c.seq, c.pos]) == pytest.approx(c.activation, rel=1e-5)
+        lo, hi = max(0, c.pos - 12), min(ids.shape[1], c.pos + 5)
+        want = "".join(f"{MARK_OPEN}{t}{MARK_CLOSE}" if i > 0 and float(z[c.seq, i]) > 0 else t
+                       for i, t in ((i, tiny_tokenizer.decode([int(ids[c.seq, i])])) for i in range(lo, hi)))
+        assert c.text == want
+    assert sum(c.text.count(MARK_OPEN) for c in ctxs) > len(ctxs)  # more than the peaks are marked
     same = top_contexts(adapter, sae, HOOK, f, batches, n=3)
     assert [c.text for c in same] == [c.text for c in ctxs]
     with pytest.raises(ValueError, match="out of range; this SAE has 128 latents"):
@@ -59,10 +72,12 @@ def test_contexts_mark_the_peak(adapter, sae, tiny_tokenizer):
 def test_logit_effects_is_direction_through_norm_and_unembedding(adapter, sae):
     f = 5
     fx = logit_effects(adapter, sae, f, k=5)
-    W, g = (adapter.model.get_output_embeddings().weight, adapter.model.model.norm.weight) if adapter.backend == "hf" \
-        else (adapter.model.W_U.T, None)
-    if g is None:  # the bridge wraps the same HF norm
-        g = adapter.model.original_model.model.norm.weight
+    if adapter.backend == "hf":
+        W, g = adapter.model.get_output_embeddings().weight, adapter.model.model.norm.weight
+    elif type(adapter.model).__name__ == "TransformerBridge":  # it wraps the HF norm
+        W, g = adapter.model.W_U.T, adapter.model.original_model.model.norm.weight
+    else:  # HookedTransformer: W_U [d_model, vocab], RMSNorm gain ln_final.w
+        W, g = adapter.model.W_U.T, adapter.model.ln_final.w
     scores = W @ (g * sae.W_dec[f])
     assert fx.through_norm
     assert [t.token_id for t in fx.promoted] == scores.topk(5).indices.tolist()
@@ -77,6 +92,36 @@ def test_logit_effects_is_direction_through_norm_and_unembedding(adapter, sae):
     assert float(delta[fx.promoted[0].token_id]) > float(delta[fx.suppressed[0].token_id])
     with pytest.raises(ValueError, match="out of range"):
         logit_effects(adapter, sae, -1)
+
+
+def test_logit_effects_centers_the_direction_for_layernorm(tiny_tokenizer):
+    """GPT-2's final LayerNorm removes the mean over d_model: shifting a decoder row by a constant
+    changes no logit, so it must not change the promoted tokens either."""
+    from sae_hooks import HFAdapter
+    from tests.conftest import make_tiny
+
+    gpt2 = HFAdapter(make_tiny("gpt2"), tiny_tokenizer, "tiny-gpt2")
+    f = 5
+    sae = make_sae("topk", d_in=64, d_sae=128, k=8, seed=0).eval().requires_grad_(False)
+    shifted = make_sae("topk", d_in=64, d_sae=128, k=8, seed=0).eval().requires_grad_(False)
+    with torch.no_grad():
+        shifted.W_dec[f] += 0.5
+    ids = torch.tensor([[5, 6, 7, 8]])
+    last = f"resid_post.{gpt2.n_layers - 1}"
+    a = gpt2.forward(ids, hooks={last: lambda x: x + 3 * sae.W_dec[f]})
+    b = gpt2.forward(ids, hooks={last: lambda x: x + 3 * shifted.W_dec[f]})
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)  # the model cannot tell the two apart
+    fx, fx_shifted = logit_effects(gpt2, sae, f, k=8), logit_effects(gpt2, shifted, f, k=8)
+    for got in (fx, fx_shifted):
+        assert [t.token_id for t in got.promoted] == [t.token_id for t in fx.promoted]
+        assert [t.token_id for t in got.suppressed] == [t.token_id for t in fx.suppressed]
+    d = sae.W_dec[f] - sae.W_dec[f].mean()
+    scores = gpt2.model.get_output_embeddings().weight @ (gpt2.model.transformer.ln_f.weight * d)
+    assert [t.token_id for t in fx.promoted] == scores.topk(8).indices.tolist()
+    assert fx.promoted[0].score == pytest.approx(float(scores.max()), rel=1e-5)
+    plain = logit_effects(gpt2, shifted, f, k=8, through_norm=False)  # the raw logit lens sees the shift
+    raw = gpt2.model.get_output_embeddings().weight @ shifted.W_dec[f]
+    assert [t.token_id for t in plain.promoted] == raw.topk(8).indices.tolist()
 
 
 def test_latents_for_text_ranks_the_word(tiny_hf, sae):
