@@ -11,9 +11,32 @@ from sae_hooks.steer import Edit, apply_edits, generate, side_effects, steer
 HOOK = "resid_post.1"
 
 
-@pytest.fixture(params=["hf", "tl"])
+@pytest.fixture
+def tiny_hooked(tiny_tokenizer):
+    """TLAdapter over a 3-layer d=64 TransformerLens 3.x ``HookedTransformer`` (second venv only).
+
+    RMS norm like llama/SmolLM2; ``HookedTransformer.generate`` keeps its own KV cache, so unlike
+    the bridge its decoding steps are one-token forwards.
+    """
+    tl = pytest.importorskip("transformer_lens")
+    try:  # TL 4.x raises ImportError (not AttributeError) for the removed class
+        hooked_cls = tl.HookedTransformer
+    except (ImportError, AttributeError):
+        pytest.skip(f"TransformerLens {getattr(tl, '__version__', '?')} has no HookedTransformer")
+    from sae_hooks import adapt
+
+    torch.manual_seed(0)
+    cfg = tl.HookedTransformerConfig(n_layers=3, d_model=64, n_ctx=64, d_head=16, n_heads=4, d_mlp=128, d_vocab=128,
+                                     act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary")
+    return adapt(hooked_cls(cfg).eval().requires_grad_(False), tiny_tokenizer)
+
+
+@pytest.fixture(params=["hf", "tl", pytest.param("tl3", marks=pytest.mark.tl3)])
 def adapter(request, tiny_hf):
-    return tiny_hf if request.param == "hf" else request.getfixturevalue("tiny_bridge")
+    """The same tiny checks on HF, the TL 4.x bridge and (second venv) a TL 3.x HookedTransformer."""
+    if request.param == "hf":
+        return tiny_hf
+    return request.getfixturevalue("tiny_bridge" if request.param == "tl" else "tiny_hooked")
 
 
 @pytest.fixture
@@ -137,10 +160,13 @@ def test_keep_error_false_replaces_by_reconstruction(tiny_hf, sae, tiny_ids):
 # ---- generation and positions ----------------------------------------------------------------
 
 def _manual_greedy(adapter, prompt, n, hook_fn):
-    """Greedy decoding by full uncached forwards, with a hook that knows the absolute positions."""
+    """Greedy decoding by full uncached forwards, with hooks that know the absolute positions.
+
+    ``hook_fn(t)`` returns the hook for a sequence of ``t`` tokens, or a ``{hook: fn}`` dict."""
     ids = prompt.clone()
     for _ in range(n):
-        logits = adapter.forward(ids, hooks={HOOK: hook_fn(ids.shape[1])})
+        fns = hook_fn(ids.shape[1])
+        logits = adapter.forward(ids, hooks=fns if isinstance(fns, dict) else {HOOK: fns})
         ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], 1)
     return ids[:, prompt.shape[1]:]
 
@@ -172,7 +198,7 @@ def test_generation_positions_match_uncached_reference(adapter, sae, positions):
     seen = s.edited_positions[HOOK]
     # HF decodes with a KV cache (one new position per forward); the TransformerLens bridge reruns
     # the whole sequence at every step (see steer.generate), so its later forwards re-edit the prompt.
-    rerun = adapter.backend != "hf"
+    rerun = type(adapter.model).__name__ == "TransformerBridge"
     assert len(seen) == n
     for i, p in enumerate(seen):
         new = range(P + i - 1, P + i) if i else range(0)  # the position this forward adds
@@ -192,6 +218,64 @@ def test_uncached_generation_with_prompt_len(tiny_hf, sae):
         uncached = generate(tiny_hf, prompt, 5, stop_at_eos=False, use_cache=False).new_ids
     assert torch.equal(cached, uncached)
     assert s.edited_positions[HOOK][1] == [6]
+
+
+def _edit_change(sae, edits, x):
+    """What ``edits`` add to ``x`` written by hand from the decoder rows: v·d_f for add v,
+    −z_f·d_f for clamp 0, (s − 1)·z_f·d_f for scale s (z encoded from this ``x``)."""
+    z = sae.encode(x)
+    out = torch.zeros_like(x)
+    for e in map(Edit.parse, edits):
+        d, zf = sae.W_dec[e.latent], z[..., e.latent, None]
+        if e.kind == "add":
+            out = out + e.value * d
+        elif e.kind == "clamp":
+            assert e.value == 0
+            out = out - zf * d
+        else:
+            assert e.kind == "scale"
+            out = out + (e.value - 1) * zf * d
+    return out
+
+
+@pytest.mark.parametrize("positions", ["all", "prompt", "generated"])
+def test_several_edits_at_several_hooks(adapter, positions):
+    """Two hook points with two edits each, in one forward and in generation (KV-cached on HF and
+    HookedTransformer): equal to writing every edit's change by hand at the selected positions, each
+    hook's codes taken from what reaches it (the upstream edit included)."""
+    sae0 = make_sae("topk", d_in=64, d_sae=96, k=8, seed=1).eval().requires_grad_(False)
+    sae1 = make_sae("topk", d_in=64, d_sae=128, k=8, seed=0).eval().requires_grad_(False)
+    prompt = torch.tensor([[5, 9, 13, 40, 41, 77]])
+    P, n = prompt.shape[1], 6
+    acts = adapter.capture(prompt, ["resid_post.0", HOOK])
+    fire0 = int((sae0.encode(acts["resid_post.0"])[:, 1:] != 0).sum((0, 1)).argmax())
+    fire1 = int((sae1.encode(acts[HOOK])[:, 1:] != 0).sum((0, 1)).argmax())
+    plan = {"resid_post.0": (sae0, [f"{(fire0 + 1) % 96}:add:12", f"{fire0}:clamp:0"]),
+            HOOK: (sae1, [f"{fire1}:scale:3", "17:add:-9"])}
+
+    def hook_fn(t):
+        pos = torch.arange(t)
+        sel = pos >= 1
+        if positions == "prompt":
+            sel &= pos < P
+        elif positions == "generated":
+            sel &= pos >= P
+        return {h: (lambda x, s=s, e=e: x + _edit_change(s, e, x) * sel[None, :, None]) for h, (s, e) in plan.items()}
+
+    # A plain forward: every position is a prompt position.
+    expected = adapter.forward(prompt, hooks=hook_fn(P) if positions != "generated" else {})
+    with steer(adapter, plan, positions=positions):
+        got = adapter.forward(prompt)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    if positions == "generated":
+        assert torch.equal(got, adapter.forward(prompt))
+
+    expected = _manual_greedy(adapter, prompt, n, hook_fn)
+    base = generate(adapter, prompt, n, stop_at_eos=False).new_ids
+    with steer(adapter, plan, positions=positions):
+        got = generate(adapter, prompt, n, stop_at_eos=False).new_ids
+    assert torch.equal(got.cpu(), expected.cpu())
+    assert not torch.equal(got, base)  # the edits changed what was generated
 
 
 def test_sampling_is_seeded_and_leaves_global_rng(adapter, tiny_ids):
