@@ -175,15 +175,36 @@ def test_unknown_module_path_suggests_paths(tiny_hf):
         tiny_hf.resolve("module:model.layers.1.mlpx")
 
 
-def test_unknown_architecture_points_to_the_escape_hatch():
-    class Weird(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.config = type("Cfg", (), {"model_type": "weird", "num_hidden_layers": 2, "hidden_size": 8})()
-            self.body = nn.Linear(8, 8)
+class _Weird(nn.Module):
+    """A causal LM of no known family whose blocks are not in a ModuleList."""
 
-    with pytest.raises(ValueError, match="module:PATH"):
-        adapt(Weird())
+    def __init__(self):
+        super().__init__()
+        self.config = type("Cfg", (), {"model_type": "weird", "num_hidden_layers": 2, "hidden_size": 8})()
+        self.embed = nn.Embedding(128, 8)
+        self.body = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 128)
+
+    def forward(self, input_ids, attention_mask=None, use_cache=False):
+        return type("Out", (), {"logits": self.head(torch.relu(self.body(self.embed(input_ids))))})()
+
+
+def test_unknown_architecture_points_to_the_escape_hatch_which_works(tiny_ids):
+    torch.manual_seed(0)
+    model = _Weird().eval()
+    adapter = adapt(model)
+    with pytest.raises(ValueError, match=r"No hook point 'resid_post.0': Unknown architecture 'weird'.*"
+                                         r"Known families: .*llama.*module:PATH.*module:embed"):
+        adapter.resolve("resid_post.0")
+    with pytest.raises(ValueError, match="Unknown architecture 'weird'"):
+        adapter.capture(tiny_ids, ["mlp_out.1"])
+    assert adapter.hook_points() == [] and "body" in adapter.module_paths()
+    # the escape hatch it points to: capture, replace and stop at a module path
+    acts = adapter.capture(tiny_ids, ["module:body"])
+    assert torch.equal(acts["module:body"], model.body(model.embed(tiny_ids)))
+    clean = adapter.forward(tiny_ids)
+    assert not torch.equal(adapter.forward(tiny_ids, hooks={"module:body": torch.zeros_like}), clean)
+    assert torch.equal(adapter.forward(tiny_ids), clean) and _no_hooks_left(model)
 
 
 def test_unknown_family_falls_back_to_the_block_list(tiny_ids):
@@ -237,9 +258,29 @@ def test_bridge_replacement_and_cleanup(tiny_bridge, tiny_ids):
     clean = tiny_bridge.forward(tiny_ids)
     assert torch.equal(tiny_bridge.forward(tiny_ids, hooks={"resid_mid.1": lambda x: x.clone()}), clean)
     assert not torch.allclose(tiny_bridge.forward(tiny_ids, hooks={"resid_mid.1": torch.zeros_like}), clean)
-    with pytest.raises(RuntimeError):
-        tiny_bridge.forward(tiny_ids, hooks={"resid_post.1": lambda x: (_ for _ in ()).throw(RuntimeError("x"))})
-    assert all(not hp._forward_hooks for hp in tiny_bridge.model.hook_dict.values())
-    assert torch.equal(tiny_bridge.forward(tiny_ids), clean)
     with pytest.raises(ValueError, match="No HookPoint"):
         tiny_bridge.resolve("module:blocks.0.hook_nothing")
+
+
+@pytest.mark.parametrize("exc", [RuntimeError, KeyboardInterrupt])
+def test_exception_inside_bridge_forward_leaves_no_hooks(tiny_tokenizer, tiny_ids, exc):
+    pytest.importorskip("transformer_lens.model_bridge")
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from sae_hooks import TLAdapter
+
+    bridge = TransformerBridge.boot_transformers("tiny-llama", hf_model=make_tiny("llama"), tokenizer=tiny_tokenizer,
+                                                 device="cpu")
+    untouched = TransformerBridge.boot_transformers("tiny-llama", hf_model=make_tiny("llama"),
+                                                    tokenizer=tiny_tokenizer, device="cpu")
+    adapter = TLAdapter(bridge, tiny_tokenizer, "tiny-llama")
+    bridge(tiny_ids, return_type="logits")  # the bridge adds its own norm pre-hooks on its first forward
+    before = _hooks(bridge)
+
+    def boom(x):
+        raise exc("inside the forward")
+
+    with pytest.raises(exc):
+        adapter.forward(tiny_ids, hooks={"resid_post.0": lambda x: x * 2, "mlp_out.1": boom})
+    assert _no_hooks_left(bridge, before)
+    assert torch.equal(bridge(tiny_ids, return_type="logits"), untouched(tiny_ids, return_type="logits"))

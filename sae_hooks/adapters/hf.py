@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from ..hookpoints import HookName
+from ..hookpoints import HookName, parse_hook
 from .base import Adapter, HookFn, Site, _checked, _StopForward
 
 
@@ -88,19 +88,28 @@ class HFAdapter(Adapter):
         self.model_type: str = getattr(cfg, "model_type", "?")
         n = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", None)
         family = FAMILIES.get(self.model_type)
+        self._no_blocks: str | None = None
+        """Why the standard hook kinds are unavailable (no block list found), or None."""
         if family is None or _get(model, family.layers) is None:
             found = _find_layers(model, n)
             if found is None:
-                raise ValueError(
+                # The adapter still works through the escape hatch: module:PATH hooks capture, replace
+                # and stop like any other; only the per-layer kinds need a block list.
+                paths = [p for p, _ in model.named_modules() if p][:4]
+                self._no_blocks = (
                     f"Unknown architecture {self.model_type!r} ({type(model).__name__}) and no block list of "
-                    f"{n} layers was found. Known families: {', '.join(sorted(FAMILIES))}. Use module:PATH hook "
-                    "points to hook any submodule, e.g. module:model.layers.3 (see adapter.module_paths())."
+                    f"{n} layers was found, so resid_pre/resid_post/attn_out/mlp_out/resid_mid.L cannot be placed. "
+                    f"Known families: {', '.join(sorted(FAMILIES))}. Use module:PATH hook points to hook any "
+                    f"submodule's output (here e.g. {', '.join('module:' + p for p in paths) or 'module:PATH'}; "
+                    "list them with adapter.module_paths())."
                 )
-            family = Family(found, None, None, None, None)
+                family = Family("", None, None, None, None)
+            else:
+                family = Family(found, None, None, None, None)
         self.family = family
-        self.layers: nn.ModuleList = model.get_submodule(family.layers)
+        self.layers: nn.ModuleList = nn.ModuleList() if self._no_blocks else model.get_submodule(family.layers)
         self._n_layers = len(self.layers)
-        self._d_model = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd")
+        self._d_model = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None)
 
     @property
     def n_layers(self) -> int:
@@ -121,6 +130,11 @@ class HFAdapter(Adapter):
 
     def module_paths(self) -> list[str]:
         return [p for p, _ in self.model.named_modules() if p]
+
+    def resolve(self, name: str) -> Site:
+        if self._no_blocks is not None and parse_hook(name).kind != "module":
+            raise ValueError(f"No hook point {name!r}: {self._no_blocks}")
+        return super().resolve(name)
 
     def _resolve(self, hook: HookName) -> Site:
         if hook.kind == "module":
