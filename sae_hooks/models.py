@@ -116,19 +116,26 @@ def load_hf(name_or_path: str = DEFAULT_MODEL, *, dtype: str | torch.dtype = tor
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtype = parse_dtype(dtype)
-    path: str | Path = embedded_model_dir(name_or_path) if name_or_path in EMBEDDED else name_or_path
-    if not Path(path).exists() and "/" not in str(path):
-        raise ValueError(
-            f"Unknown model {name_or_path!r}: not an embedded model ({', '.join(EMBEDDED)}), not a local folder, "
-            "and not an HF hub name of the form owner/name."
-        )
+    path: str | Path = embedded_model_dir(name_or_path) if name_or_path in EMBEDDED else os.path.expanduser(name_or_path)
+    if not Path(path).exists():
+        if os.path.isabs(path) or str(name_or_path).startswith(("./", "../", "~")):
+            raise FileNotFoundError(
+                f"Model folder {name_or_path!r} does not exist (cwd: {os.getcwd()}). Pass an existing folder "
+                f"written by save_pretrained, an HF hub name (owner/name), or the embedded {DEFAULT_MODEL!r}."
+            )
+        if "/" not in str(path):
+            raise ValueError(
+                f"Unknown model {name_or_path!r}: not an embedded model ({', '.join(EMBEDDED)}), not a local "
+                "folder, and not an HF hub name of the form owner/name."
+            )
     try:
         tok = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except OSError as e:
+        why = " ".join(str(e).split())  # one line: transformers' messages span several
         raise OSError(
-            f"Could not load model {name_or_path!r}: {e}\nIf it is a hub name, this machine may have no access to the "
-            f"hub; download it elsewhere and pass the local folder, or use the embedded {DEFAULT_MODEL!r}."
+            f"Could not load model {name_or_path!r}: {why} If it is a hub name, this machine may have no access to "
+            f"the hub; download it elsewhere and pass the local folder, or use the embedded {DEFAULT_MODEL!r}."
         ) from e
     model.eval().requires_grad_(False)
     return model.to(device), tok
