@@ -34,9 +34,11 @@ DESIGN.md), so masks exclude it and the tokenizer's special tokens by default.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import importlib
+import logging
 import math
 import os
 import random
@@ -355,10 +357,11 @@ def _load_file_rows(paths: list[str], builder: str, cfg: CorpusConfig):
             raise CorpusError(f"Corpus file {path!r} is empty. Remove it from the source or give it text.")
     extra = {"sample_by": cfg.txt_sample_by} if builder == "text" else {}
     try:
-        return datasets.load_dataset(builder, data_files=paths, split="train", streaming=True, **extra)
+        with _builder_errors_held_back():
+            return datasets.load_dataset(builder, data_files=paths, split="train", streaming=True, **extra)
     except Exception as e:  # datasets raises many types for one cause: an unreadable file
-        raise CorpusError(f"{_describe_files(paths)} cannot be read as {builder}: {type(e).__name__}: {e}. "
-                          "Check that the file is valid (one JSON object per line for .jsonl).") from e
+        raise CorpusError(f"{_describe_files(paths)} cannot be read as {builder}: {type(e).__name__}: "
+                          f"{str(e).rstrip('.')}. {_FILE_HINTS[builder]}") from e
 
 
 def _load_hf_rows(cfg: CorpusConfig):
@@ -409,13 +412,38 @@ def _guarded_rows(rows: Iterable[dict], paths: list[str]) -> Iterator[dict]:
     iterator = iter(rows)
     while True:
         try:
-            row = next(iterator)
+            with _builder_errors_held_back():
+                row = next(iterator)
         except StopIteration:
             return
         except Exception as e:  # pyarrow / json raise many types for one cause: a malformed file
-            raise CorpusError(f"{_describe_files(paths)} cannot be read: {type(e).__name__}: {e}. Check that "
-                              "the file is valid (one JSON object per line for .jsonl).") from e
+            raise CorpusError(f"{_describe_files(paths)} cannot be read: {type(e).__name__}: "
+                              f"{str(e).rstrip('.')}. {_FILE_HINTS[_builder(paths[0])]}") from e
         yield row
+
+
+_FILE_HINTS = {"json": "Check that it is valid JSON Lines (one JSON object per line).",
+               "parquet": "Check that it is a complete parquet file.",
+               "text": "Check that it is UTF-8 text."}
+
+
+@contextlib.contextmanager
+def _builder_errors_held_back() -> Iterator[None]:
+    """datasets' json and parquet builders log their own copy of a read error before raising it;
+    the CorpusError raised here says the same with the file's name, so that copy is held back
+    (only for the duration of the block: the loggers are left as they were)."""
+    loggers = [logging.getLogger(f"datasets.packaged_modules.{b}.{b}") for b in ("json", "parquet")]
+    for log in loggers:
+        log.addFilter(_below_error)
+    try:
+        yield
+    finally:
+        for log in loggers:
+            log.removeFilter(_below_error)
+
+
+def _below_error(record: logging.LogRecord) -> bool:
+    return record.levelno < logging.ERROR
 
 
 def _pick_column(row: dict, cfg: CorpusConfig, where: str) -> tuple[str, bool]:

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import random
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -231,6 +232,20 @@ def test_unreadable_corpora_fail_with_the_path(tok, tmp_path, make, match):
     assert os.path.basename(src.rstrip("/")) in str(err.value)
 
 
+@pytest.mark.parametrize("name, content, hint", [
+    ("bad.jsonl", b"{not json\n", "valid JSON Lines"),
+    ("bad.parquet", bytes(range(256)) * 8, "complete parquet file"),
+    ("bad.txt", b"\xee\xff\xfe not utf-8 " * 50, "UTF-8 text"),
+])
+def test_malformed_files_one_message_naming_file_and_format(tok, tmp_path, capfd, name, content, hint):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(CorpusError, match=rf"'{re.escape(str(tmp_path / name))}' cannot be read.*\. Check that it is .*{hint}") as err:
+        next(iter_batches(tok, CorpusConfig(source=str(tmp_path / name), ctx=8), 2))
+    assert ".." not in str(err.value)
+    # datasets logs its own copy of the parse error; it is held back, so the user reads one message
+    assert "Failed to" not in capfd.readouterr().err
+
+
 def test_corpus_shorter_than_one_sequence(tok, tmp_path):
     src = write_jsonl(tmp_path / "c.jsonl", ["the cat sat"] * 3 + ["a dog ran"] * 3, "text")
     with pytest.raises(CorpusError, match="fewer than one sequence of ctx=64"):
@@ -263,6 +278,21 @@ def test_pretokenized_rows_used_as_is(tok, tmp_path):
     assert got.tolist() == kept and 150 < len(kept) < 200  # row order kept, eval rows left out
     evaled = all_rows(tok, CorpusConfig(source=src, ctx=16, split="eval")).tolist()
     assert len(evaled) + len(kept) == 200 and not any(r in kept for r in evaled)
+
+
+def test_pretokenized_jsonl_and_hf_dataset_rows_used_as_is(tok, tmp_path):
+    src, rows = write_ids_parquet(tmp_path / "ids.parquet", 120, 16)
+    from_parquet = all_rows(tok, CorpusConfig(source=src, ctx=16))
+    d = tmp_path / "hf_ids"
+    d.mkdir()
+    with open(d / "train.jsonl", "w") as f:
+        for r in rows.tolist():
+            f.write(json.dumps({"input_ids": r, "source": "x"}) + "\n")
+    from_jsonl = all_rows(tok, CorpusConfig(source=str(d / "train.jsonl"), ctx=16))
+    from_hf = all_rows(tok, CorpusConfig(source=str(d), source_kind="hf", ctx=16))  # datasets.load_dataset(folder)
+    assert from_parquet.shape[0] > 80
+    assert torch.equal(from_jsonl, from_parquet) and torch.equal(from_hf, from_parquet)
+    assert all(r in rows.tolist() for r in from_hf.tolist())  # rows unchanged, no re-packing
 
 
 def test_pretokenized_length_mismatch(tok, tmp_path):
