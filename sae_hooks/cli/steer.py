@@ -19,7 +19,8 @@ HELP = "steer generation by editing SAE latents (add/clamp/scale/ablate) and rep
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sae", required=True, help="SAE folder (SAELens v6 layout, or sparsify)")
+    p.add_argument("--sae", required=True, help="SAE folder (SAELens v6 layout, or sparsify) or pretrained:NAME, as in "
+                   "sae-hooks eval")
     p.add_argument("--model", default=None, help="model name or folder (default: the embedded smollm2-135m-instruct)")
     p.add_argument("--backend", default="hf", choices=["hf", "tl"], help="hf = transformers, tl = TransformerLens bridge")
     p.add_argument("--dtype", default="fp32", help="model dtype: fp32 or bf16")
@@ -65,6 +66,7 @@ def run(args: argparse.Namespace) -> dict:
     from ..data import CorpusConfig, load_token_tensor
     from ..sae import load_sae
     from ..steer import Edit, SteerConfig, generate, side_effects, steer
+    from .evaluate import resolve_sae_path
 
     # Everything a user can get wrong is checked before the model loads or anything is printed.
     edits = [Edit.parse(e) for e in args.edit]
@@ -75,7 +77,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.eval_tokens < 0:
         raise ValueError(f"--eval-tokens {args.eval_tokens}; it must be >= 0 (0 skips the side effects).")
     SteerConfig(args.positions, not args.replace, args.exclude_first)
-    sae = load_sae(args.sae).eval().requires_grad_(False)
+    sae = load_sae(resolve_sae_path(args.sae)).eval().requires_grad_(False)
     d_sae = int(sae.cfg.d_sae)
     for e in edits:
         if e.latent >= d_sae:
