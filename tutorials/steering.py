@@ -5,8 +5,8 @@ Runs offline on CPU: trains a TopK SAE at resid_post.28 (of 30 layers) with ``sa
 chooses a latent by a fixed rule (``--choose writes``: the specific latent whose read-out singles
 out a chosen word; ``--choose reads``: the strongest specific latent *on* that word), lists its
 promoted tokens (decoder direction → final-norm gain → unembedding), then steers 20 fixed neutral
-prompts at four edit strengths (a doubling ladder), counts the promoted tokens in the continuations against the
-unsteered baseline, and measures the side effects on held-out text.
+prompts at three edit strengths (a doubling ladder), counts the promoted tokens in the continuations
+against the unsteered baseline, and measures the side effects on held-out text.
 
     python tutorials/steering.py                          # trains (or reuses) the SAE, prints everything
     python tutorials/steering.py --run /tmp/steer_sae28   # reuse a `sae-hooks train` run folder
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -96,6 +97,12 @@ def count_promoted(new_ids: torch.Tensor, promoted: set[int]) -> int:
     return sum(int(t) in promoted for t in new_ids.flatten())
 
 
+def which_promoted(gens: list, promoted: set[int], tok) -> str:
+    """The promoted tokens that were generated, most frequent first: "' ' 29, '-' 4"."""
+    c = Counter(int(t) for g in gens for t in g.new_ids.flatten() if int(t) in promoted)
+    return ", ".join(f"{tok.decode([t])!r} {n}" for t, n in c.most_common()) or "none"
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--run", default=str(cache_root() / "tutorial_steer_resid_post28"), help="sae-hooks train run folder")
@@ -160,6 +167,7 @@ def main() -> None:
           f"||W_dec[{latent}]|| = {dec_norm:.1f}")
     base_gens = [generate(adapter, tok(q, return_tensors="pt").input_ids, args.max_new_tokens) for q in PROMPTS]
     base_n = [count_promoted(g.new_ids, promoted) for g in base_gens]
+    print(f"Promoted tokens in the 20 baseline continuations: {which_promoted(base_gens, promoted, tok)}")
     rows = []
     for frac in FRACTIONS:
         value = round(frac * resid_norm / dec_norm, 1)
@@ -167,11 +175,12 @@ def main() -> None:
         print(f"\n3. Steering the 20 prompts with {edit} (edit norm {frac:g} x the median residual norm = "
               f"{value / top_act:.1f} x the top activation; greedy, "
               f"{args.max_new_tokens} new tokens, raw text prompts, every position but the first edited)")
-        st_n = []
+        st_n, st_gens = [], []
         for i, (q, base) in enumerate(zip(PROMPTS, base_gens)):
             with steer(adapter, {HOOK: (sae, [edit])}):
                 st = generate(adapter, tok(q, return_tensors="pt").input_ids, args.max_new_tokens)
             st_n.append(count_promoted(st.new_ids, promoted))
+            st_gens.append(st)
             if i < 3:
                 print(f"  {q!r}\n    baseline: {base.texts[0]!r}\n    steered:  {st.texts[0]!r}")
         se = side_effects(adapter, {HOOK: (sae, [edit])}, eval_block)
@@ -179,6 +188,7 @@ def main() -> None:
         print(f"  Prompts whose continuation holds a top-{TOP_N} promoted token: baseline {sum(n > 0 for n in base_n)}/20, "
               f"steered {sum(n > 0 for n in st_n)}/20; promoted tokens in all 20 continuations: baseline "
               f"{sum(base_n)}, steered {sum(st_n)} (of {20 * args.max_new_tokens} generated)")
+        print(f"  Which promoted tokens were generated (steered): {which_promoted(st_gens, promoted, tok)}")
         print(f"  Side effects on {se.tokens} held-out predictions (edit at every position but the first): "
               f"CE clean {se.ce_clean:.3f}, steered {se.ce_steered:.3f}, delta CE {se.delta_ce:+.3f} nats, "
               f"KL(clean || steered) {se.kl:.3f} nats/token")
