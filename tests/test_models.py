@@ -175,8 +175,6 @@ def test_cli_train_bad_inputs_one_line_each(tiny_run_inputs, tmp_path, capsys, b
     assert re.search(message, json.loads(out.strip().splitlines()[-1])["error"])
 
 
-@pytest.mark.xfail(strict=True, reason="cli/train.py creates --out and writes run.json before it reads the corpus; "
-                                       "a rerun with the corrected corpus is then refused without --overwrite")
 @pytest.mark.parametrize("bad", [["--corpus", "/no/such/corpus.jsonl"], ["--ctx", "128"]])
 def test_cli_train_input_error_leaves_no_run_folder(tiny_run_inputs, tmp_path, capsys, bad):
     from sae_hooks.cli import main
@@ -185,6 +183,21 @@ def test_cli_train_input_error_leaves_no_run_folder(tiny_run_inputs, tmp_path, c
             "--dtype", "fp32", "--progress", "off", "--hook", "resid_post.1", "--out", str(tmp_path / "run"), *bad]
     assert main(argv) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_cli_train_overwrite_with_bad_input_keeps_the_old_run(tiny_run_inputs, tmp_path, capsys):
+    from sae_hooks.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text('{"settings": {}, "saes": []}')
+    (run / "metrics.jsonl").write_text("{}\n")
+    argv = ["train", *tiny_run_inputs, "--tokens", "1024", "--batch-tokens", "256", "--d-sae", "32", "--k", "4",
+            "--dtype", "fp32", "--progress", "off", "--hook", "resid_post.1", "--out", str(run), "--overwrite",
+            "--corpus", "/no/such/corpus.jsonl"]
+    assert main(argv) == 1
+    assert sorted(p.name for p in run.iterdir()) == ["metrics.jsonl", "run.json"]
+    assert (run / "run.json").read_text() == '{"settings": {}, "saes": []}'
 
 
 def test_every_subcommand_prints_json_last(tiny_run_inputs, tmp_path, capsys):

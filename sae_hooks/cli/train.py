@@ -149,8 +149,12 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in sorted(vars(args).items()) if k not in NOT_FINGERPRINTED}
 
 
-def _prepare_out(out: Path, args: argparse.Namespace, settings: dict[str, Any]) -> None:
-    """Refuse to mix runs: an existing run needs --resume (same settings) or --overwrite."""
+def _prepare_out(out: Path, args: argparse.Namespace, settings: dict[str, Any]) -> bool:
+    """Refuse to mix runs: an existing run needs --resume (same settings) or --overwrite.
+
+    Returns whether --out must be emptied (--overwrite over existing files); the caller does it only
+    once the inputs have been read, so a run that fails on a bad corpus deletes nothing.
+    """
     if args.resume and args.overwrite:
         raise ValueError("--resume and --overwrite exclude each other: --resume continues the run in --out, "
                          "--overwrite deletes it.")
@@ -164,13 +168,14 @@ def _prepare_out(out: Path, args: argparse.Namespace, settings: dict[str, Any]) 
             shown = ", ".join(f"{k}: was {a!r}, now {b!r}" for k, (a, b) in diff.items())
             raise ValueError(f"--resume: the run in {out} was started with other settings ({shown}). "
                              "Resume with the original settings, or use --overwrite / another --out.")
-        return
+        return False
     if out.exists() and any(out.iterdir()):
         if not args.overwrite:
             what = "another run" if run_file.is_file() else "other files"
             raise ValueError(f"--out {out} already holds {what}. Pass --resume to continue it, --overwrite to "
                              "replace it, or choose another --out.")
-        shutil.rmtree(out)
+        return True
+    return False
 
 
 def execute(args: argparse.Namespace, on_step: Callable[[int], None] | None = None) -> dict:
@@ -220,8 +225,7 @@ def _execute(args: argparse.Namespace, dist, on_step) -> dict:
     for s in specs:
         if s["arch"] not in ARCHITECTURES:
             raise ValueError(f"Unknown SAE architecture {s['arch']!r}; valid: {', '.join(sorted(ARCHITECTURES))}.")
-    if dist.is_main:
-        _prepare_out(out, args, settings)
+    wipe = _prepare_out(out, args, settings) if dist.is_main else False
     device = args.device if not (dist.enabled and str(args.device).startswith("cuda")) else f"cuda:{dist.local_rank}"
     torch.manual_seed(args.seed)
     cfg = TrainConfig(lr=args.lr, warmup_frac=args.warmup_frac, decay=args.decay, dead_window_tokens=args.dead_window,
@@ -259,17 +263,22 @@ def _execute(args: argparse.Namespace, dist, on_step) -> dict:
             set_rng_state(state["rng"])
             position, block = int(state["sequences"]), int(state["block"]) + 1
     log_path = out / "metrics.jsonl"
+    held = None
     if dist.is_main:
+        eval_cfg = CorpusConfig(source=args.corpus, ctx=args.ctx, split="eval")
+        held = _held_out(adapter, tok, eval_cfg, args, hooks, load_token_tensor)
+
+    # The run folder is written (and an --overwrite'n one emptied) only once the held-out block has been
+    # read: a bad --corpus or a --ctx the model cannot take leaves no run.json behind that a corrected
+    # rerun would refuse, and deletes no earlier run.
+    if dist.is_main:
+        if wipe:
+            shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
         if not args.resume or not (out / "run.json").is_file():
             (out / "run.json").write_text(json.dumps({"settings": settings, "saes": specs}, indent=1, default=str))
         if not args.resume and log_path.exists():
             log_path.unlink()
-
-    held = None
-    if dist.is_main:
-        eval_cfg = CorpusConfig(source=args.corpus, ctx=args.ctx, split="eval")
-        held = _held_out(adapter, tok, eval_cfg, args, hooks, load_token_tensor)
 
     wb = _wandb(args, settings) if dist.is_main else None
     token_batches = iter_batches(tok, corpus, batch_size, max_tokens=args.tokens, cycle=args.cycle, rank=dist.rank,
