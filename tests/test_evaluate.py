@@ -94,15 +94,18 @@ def _reference_metrics(adapter, sae, tokens, hook):
     return ce, kl
 
 
-@pytest.mark.parametrize("rows,tile", [(7, 48), (512, 1024), (1, 128), (45, 1)])
-def test_tiled_head_statistics_equal_full_vocabulary_reference(tiny_hf, tokens, monkeypatch, rows, tile):
-    """Several row chunks and vocabulary tiles (48 does not divide 128): the per-tile maxima, sums
-    and KL dots combine to the full-vocabulary log-softmax results."""
+@pytest.mark.parametrize("rows,tile,stack", [(7, 48, 2048), (512, 1024, 2048), (1, 128, 2048), (45, 1, 2048),
+                                             (512, 48, 20), (512, 128, 2)])
+def test_tiled_head_statistics_equal_full_vocabulary_reference(tiny_hf, tokens, monkeypatch, rows, tile, stack):
+    """Several row chunks and vocabulary tiles (48 does not divide 128), and stacked head products
+    whose row budget sets the chunk (20 rows over 3 conditions: chunks of 6 positions; 2: of 1):
+    the per-tile maxima, sums and KL dots combine to the full-vocabulary log-softmax results."""
     import sys
 
     ev = sys.modules["sae_hooks.evaluate"]
     monkeypatch.setattr(ev, "CHUNK_ROWS", rows)
     monkeypatch.setattr(ev, "VOCAB_TILE", tile)
+    monkeypatch.setattr(ev, "STACK_ROWS", stack)
     sae = random_sae()
     ce, kl = _reference_metrics(tiny_hf, sae, tokens, "resid_post.1")
     for shared in (True, False):
@@ -139,6 +142,36 @@ def test_head_statistics_are_stable_and_exact_on_equal_logits(monkeypatch):
     lp_a, lp_b = a.double().log_softmax(-1), b.double().log_softmax(-1)
     ref = (lp_a.exp() * (lp_a - lp_b)).sum(-1)
     assert torch.allclose(kl[1][finite], ref[finite], rtol=1e-5, atol=1e-5)
+
+
+def test_stacked_head_products_equal_one_product_per_condition(monkeypatch):
+    """Conditions given as hidden rows + a shared head go through one stacked product per tile; the
+    statistics match the same logits taken one condition at a time, and a condition with the same
+    hidden rows as condition 0 gets bitwise equal CE and a KL of exactly 0."""
+    import sys
+
+    import torch.nn.functional as F
+
+    ev = sys.modules["sae_hooks.evaluate"]
+    monkeypatch.setattr(ev, "CHUNK_ROWS", 5)
+    monkeypatch.setattr(ev, "VOCAB_TILE", 7)
+    monkeypatch.setattr(ev, "STACK_ROWS", 8)  # 4 conditions: chunks of 2 positions
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(40, 6, generator=g) * 3
+    head = lambda h, cols: F.linear(h, w[cols])  # noqa: E731
+    hs = [torch.randn(11, 6, generator=g) for _ in range(3)]
+    hs.append(hs[0].clone())
+    t = torch.randint(0, 40, (11,), generator=g)
+    stacked = [ev._Logits(40, lambda lo, hi, v0, v1, h=h: head(h[lo:hi], slice(v0, v1)), h, head) for h in hs]
+    single = [ev._Logits(40, c.tile) for c in stacked]
+    ce_s, kl_s = ev._head_stats(stacked, t, kl_to={1, 3})
+    ce_1, kl_1 = ev._head_stats(single, t, kl_to={1, 3})
+    for i, h in enumerate(hs):
+        ref = F.cross_entropy(head(h, slice(None)).double(), t, reduction="none")
+        assert torch.allclose(ce_s[i], ref, rtol=1e-6, atol=1e-6), i
+        assert torch.allclose(ce_s[i], ce_1[i], rtol=1e-6, atol=1e-6), i
+    assert torch.allclose(kl_s[1], kl_1[1], rtol=1e-5, atol=1e-6) and bool((kl_s[1] > 0).all())
+    assert torch.equal(ce_s[0], ce_s[3]) and torch.equal(kl_s[3], torch.zeros(11, dtype=torch.float64))
 
 
 def test_softcapped_head_gemma2(tiny_tokenizer, tokens):
