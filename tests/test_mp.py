@@ -280,3 +280,27 @@ def test_training_step_emits_no_sparse_warnings():
     )
     out = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_gram_rebuild_writes_into_the_old_matrix_and_is_current(dtype):
+    sae = make_sae("matching_pursuit", 16, 64, k=4, seed=0)
+    g1 = sae.gram(dtype)
+    ptr = g1.data_ptr()
+    with torch.no_grad():
+        sae.W_dec.mul_(0.5).add_(0.01)  # an optimiser step changes W_dec in place
+    g2 = sae.gram(dtype)
+    assert g2.data_ptr() == ptr  # no fresh allocation per training step
+    D = sae.W_dec.detach().to(dtype or torch.float32)
+    assert torch.equal(g2, D @ D.T)
+    assert sae.gram(dtype) is g2  # unchanged W_dec: cached
+    # A graph that saved the previous matrix refuses to use the rewritten one.
+    D0 = sae.W_dec.detach().clone().requires_grad_(True)
+    res = matching_pursuit(torch.randn(8, 16), D0, 4, gram=sae.gram())
+    with torch.no_grad():
+        sae.W_dec.mul_(0.9)
+    sae.gram()
+    if not res.values.requires_grad:
+        return
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        res.values.sum().backward()

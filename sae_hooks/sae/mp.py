@@ -161,8 +161,8 @@ def _pursue_rows(
 ) -> None:
     """Pursue a chunk of rows in place: `r` [c, d_in] ends as the residual; fills the rest.
 
-    ``D_corr`` (bf16, with a bf16 ``gram``) gives the starting correlations in training under
-    bf16 autocast (see `_native_pursue`); None means D itself.
+    ``D_corr`` (bf16 Dᵀ, [d_in, d_sae], with a bf16 ``gram``) gives the starting correlations in
+    training under bf16 autocast (see `_native_pursue`); None means D itself.
 
     Values are ⟨r, D_j⟩ on the explicit residual, the reference loop's arithmetic; only the
     correlations that choose j come from the Gram update.
@@ -278,7 +278,9 @@ def _native_pursue(
     if exact:
         c = r @ D.T  # [rows, d_sae]: the one dense product, batched
     else:
-        c = (r.to(gram.dtype) @ (D_corr if D_corr is not None else D.to(gram.dtype)).T).to(D.dtype)
+        # bf16 correlations stay bf16: the kernel widens a group of rows at a time (an fp32 copy
+        # of the whole block cost more than the product here: ~22 vs ~12 ms per 2,048 rows).
+        c = r.to(gram.dtype) @ (D_corr if D_corr is not None else D.to(gram.dtype).T.contiguous())
     norms[:, 0] = r.norm(dim=-1)
     tol = _TIE_TOL * norms[:, 0] if exact else torch.zeros_like(norms[:, 0])
     ptr = ctypes.c_void_p
@@ -321,7 +323,7 @@ def _select(
         if _kernel(D, gram) is None:
             gram = gram.to(dt)  # no kernel for a low-precision Gram matrix here: exact path
         else:
-            D_corr = D.to(gram.dtype)
+            D_corr = D.to(gram.dtype).T.contiguous()  # [d_in, d_sae]: ~30 % faster product than D.T
 
     def run(lo: int, hi: int) -> None:
         for a in range(lo, hi, chunk):
@@ -535,16 +537,20 @@ def matching_pursuit(
     return MPResult(idx, vals, resid, norms)
 
 
-def padded_gram(D: Float[Tensor, "d_sae d_in"], dtype: torch.dtype | None = None) -> Float[Tensor, "d_sae width"]:
+def padded_gram(D: Float[Tensor, "d_sae d_in"], dtype: torch.dtype | None = None,
+                out: Tensor | None = None) -> Float[Tensor, "d_sae width"]:
     """D Dᵀ with zero columns up to a multiple of the argmax block (pads stay at −inf).
 
-    ``dtype=torch.bfloat16`` builds it from bf16 operands (training under bf16 autocast)."""
+    ``dtype=torch.bfloat16`` builds it from bf16 operands (training under bf16 autocast).
+    ``out``: a previous result of the same shape and dtype to write into (see `MPSAE.gram`)."""
     d_sae = D.shape[0]
     block = min(_BLOCK, d_sae)
     width = -(-d_sae // block) * block
     if dtype is not None and dtype != D.dtype:
         D = D.to(dtype)
     if width == d_sae:
+        if out is not None and out.shape == (d_sae, d_sae) and out.dtype == D.dtype and out.device == D.device:
+            return torch.mm(D, D.T, out=out)
         return D @ D.T
     g = D.new_zeros(d_sae, width)
     g[:, :d_sae] = D @ D.T
@@ -577,7 +583,8 @@ class MPSAE(SAE):
         """Cached padded D Dᵀ, rebuilt whenever W_dec changes; None above gram_max_bytes.
 
         Built in W_dec's dtype even under autocast (exact selections need fp32 correlations);
-        ``dtype=torch.bfloat16`` asks for the bf16 one that training under bf16 autocast uses."""
+        ``dtype=torch.bfloat16`` asks for the bf16 one that training under bf16 autocast uses.
+        The matrix is rewritten in place at the next rebuild: ``.clone()`` it to keep it."""
         d_sae = self.cfg.d_sae
         if d_sae * d_sae * self.W_dec.element_size() > self.cfg.gram_max_bytes:
             return None
@@ -585,9 +592,16 @@ class MPSAE(SAE):
         dtype = dtype or w.dtype
         key = (w.data_ptr(), w._version, tuple(w.shape), w.dtype, w.device, dtype)
         if self._gram is None or self._gram_key != key:
-            self._gram = None  # free the old one before building the next
+            # The rebuild writes into the previous matrix when it fits: a fresh 42 MB result is
+            # mapped anew by glibc, whose page faults cost more than the bf16 product itself
+            # (measured ~36 vs ~14 ms per rebuild at 4,608 latents). A graph that saved the old
+            # matrix then fails its version check instead of reading the new one.
+            old = self._gram
+            if old is not None and old.is_inference() != torch.is_inference_mode_enabled():
+                old = None
+            self._gram = None  # free an unusable old one before building the next
             with torch.no_grad(), torch.autocast(w.device.type, enabled=False):
-                self._gram = padded_gram(w.detach(), dtype)
+                self._gram = padded_gram(w.detach(), dtype, out=old)
             self._gram_key = key
         return self._gram
 
