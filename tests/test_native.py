@@ -1,5 +1,6 @@
 """The C matching-pursuit kernel: same pursuit as the PyTorch path in fp32, and a clean fallback."""
 
+import os
 import warnings
 
 import pytest
@@ -149,3 +150,31 @@ def test_portable_loops_match_the_avx512_ones(monkeypatch, tmp_path, gram_dtype)
     portable = matching_pursuit(x, D, 16, gram=gram)
     assert torch.equal(portable.indices, default.indices)
     torch.testing.assert_close(portable.values, default.values, rtol=1e-5, atol=1e-5)
+
+
+def test_tune_malloc_sets_glibc_thresholds_and_can_be_switched_off(monkeypatch):
+    import subprocess
+    import sys
+
+    from sae_hooks._malloc import MALLOC_ENV, tune_malloc
+
+    monkeypatch.setenv(MALLOC_ENV, "0")
+    assert tune_malloc() is False
+    # In a fresh process (the setting is process-wide): mallopt accepts both thresholds on glibc.
+    code = "from sae_hooks._malloc import tune_malloc; print(tune_malloc())"
+    env = {k: v for k, v in os.environ.items() if k != MALLOC_ENV}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    import platform
+
+    assert out.strip() == str(sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc")
+
+
+def test_cli_train_tunes_malloc_before_the_run(monkeypatch):
+    import sae_hooks._malloc as m
+    import sae_hooks.cli.train as cli_train
+
+    calls = []
+    monkeypatch.setattr(m, "tune_malloc", lambda: calls.append("tune") or True)
+    monkeypatch.setattr(cli_train, "execute", lambda args: calls.append("execute") or {})
+    cli_train.run(None)
+    assert calls == ["tune", "execute"]

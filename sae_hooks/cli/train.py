@@ -87,6 +87,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
+    from .._malloc import tune_malloc
+
+    tune_malloc()  # the CLI process is a training run: keep step buffers in the heap (SAE_HOOKS_MALLOC=0: off)
     return execute(args)
 
 
