@@ -7,7 +7,6 @@ import torch
 
 from sae_hooks.features import MARK_CLOSE, MARK_OPEN, harvest, latents_for_text, logit_effects, top_contexts
 from sae_hooks.sae import make_sae
-from tests.test_steer import tiny_hooked  # noqa: F401  (the TL 3.x HookedTransformer fixture)
 
 HOOK = "resid_post.1"
 

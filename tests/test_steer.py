@@ -11,26 +11,6 @@ from sae_hooks.steer import Edit, apply_edits, generate, side_effects, steer
 HOOK = "resid_post.1"
 
 
-@pytest.fixture
-def tiny_hooked(tiny_tokenizer):
-    """TLAdapter over a 3-layer d=64 TransformerLens 3.x ``HookedTransformer`` (second venv only).
-
-    RMS norm like llama/SmolLM2; ``HookedTransformer.generate`` keeps its own KV cache, so unlike
-    the bridge its decoding steps are one-token forwards.
-    """
-    tl = pytest.importorskip("transformer_lens")
-    try:  # TL 4.x raises ImportError (not AttributeError) for the removed class
-        hooked_cls = tl.HookedTransformer
-    except (ImportError, AttributeError):
-        pytest.skip(f"TransformerLens {getattr(tl, '__version__', '?')} has no HookedTransformer")
-    from sae_hooks import adapt
-
-    torch.manual_seed(0)
-    cfg = tl.HookedTransformerConfig(n_layers=3, d_model=64, n_ctx=64, d_head=16, n_heads=4, d_mlp=128, d_vocab=128,
-                                     act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary")
-    return adapt(hooked_cls(cfg).eval().requires_grad_(False), tiny_tokenizer)
-
-
 @pytest.fixture(params=["hf", "tl", pytest.param("tl3", marks=pytest.mark.tl3)])
 def adapter(request, tiny_hf):
     """The same tiny checks on HF, the TL 4.x bridge and (second venv) a TL 3.x HookedTransformer."""
