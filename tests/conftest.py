@@ -111,7 +111,9 @@ def tiny_hooked(tiny_tokenizer):
     try:  # TL 4.x raises ImportError (not AttributeError) for the removed class
         hooked_cls = tl.HookedTransformer
     except (ImportError, AttributeError):
-        pytest.skip(f"TransformerLens {getattr(tl, '__version__', '?')} has no HookedTransformer")
+        from importlib.metadata import version
+
+        pytest.skip(f"TransformerLens {version('transformer-lens')} has no HookedTransformer (TL 3.x only)")
     from sae_hooks import adapt
 
     torch.manual_seed(0)

@@ -17,7 +17,10 @@ try:  # TL 4.x raises ImportError (not AttributeError) for the removed class
 except (ImportError, AttributeError):
     HookedTransformer = None
 if HookedTransformer is None:
-    pytest.skip(f"TransformerLens {getattr(tl, '__version__', '?')} has no HookedTransformer", allow_module_level=True)
+    from importlib.metadata import version
+
+    pytest.skip(f"TransformerLens {version('transformer-lens')} has no HookedTransformer (TL 3.x only)",
+                allow_module_level=True)
 
 from sae_hooks import TLAdapter, adapt  # noqa: E402
 

@@ -198,9 +198,9 @@ def test_one_training_step_lowers_loss_and_after_step(arch):
     first = None
     for _ in range(5):
         out = sae.training_loss(x)
-        first = first if first is not None else float(out.loss)
+        first = first if first is not None else float(out.loss.detach())
         opt.zero_grad(); out.loss.backward(); opt.step(); sae.after_step()
-    assert float(sae.training_loss(x).loss) < first
+    assert float(sae.training_loss(x).loss.detach()) < first
     assert out.fired.dtype == torch.bool and out.fired.shape == (D_SAE,)
     if arch in ("topk", "batchtopk", "matryoshka", "matching_pursuit"):
         assert torch.allclose(sae.W_dec.norm(dim=-1), torch.ones(D_SAE), atol=1e-5)

@@ -151,6 +151,17 @@ def _manual_greedy(adapter, prompt, n, hook_fn):
     return ids[:, prompt.shape[1]:]
 
 
+def _selected(t: int, prompt_len: int, positions: str) -> torch.Tensor:
+    """Which of t positions a steer(..., positions=...) edit touches (position 0 never)."""
+    pos = torch.arange(t)
+    sel = pos >= 1
+    if positions == "prompt":
+        sel &= pos < prompt_len
+    elif positions == "generated":
+        sel &= pos >= prompt_len
+    return sel
+
+
 @pytest.mark.parametrize("positions", ["all", "prompt", "generated"])
 def test_generation_positions_match_uncached_reference(adapter, sae, positions):
     prompt = torch.tensor([[5, 9, 13, 40, 41, 77]])
@@ -158,15 +169,8 @@ def test_generation_positions_match_uncached_reference(adapter, sae, positions):
     d = sae.W_dec[f].detach()
 
     def hook_fn(t):
-        def fn(x):
-            pos = torch.arange(t)
-            sel = pos >= 1
-            if positions == "prompt":
-                sel &= pos < P
-            elif positions == "generated":
-                sel &= pos >= P
-            return x + v * d * sel[None, :, None]
-        return fn
+        sel = _selected(t, P, positions)
+        return lambda x: x + v * d * sel[None, :, None]
 
     expected = _manual_greedy(adapter, prompt, n, hook_fn)
     base = generate(adapter, prompt, n, stop_at_eos=False).new_ids
@@ -234,12 +238,7 @@ def test_several_edits_at_several_hooks(adapter, positions):
             HOOK: (sae1, [f"{fire1}:scale:3", "17:add:-9"])}
 
     def hook_fn(t):
-        pos = torch.arange(t)
-        sel = pos >= 1
-        if positions == "prompt":
-            sel &= pos < P
-        elif positions == "generated":
-            sel &= pos >= P
+        sel = _selected(t, P, positions)
         return {h: (lambda x, s=s, e=e: x + _edit_change(s, e, x) * sel[None, :, None]) for h, (s, e) in plan.items()}
 
     # A plain forward: every position is a prompt position.
