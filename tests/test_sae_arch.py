@@ -388,3 +388,17 @@ def test_reused_pre_activation_block_leaves_no_trace(arch):
     for (name, p), q in zip(together.named_parameters(), apart.parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=name)
     assert copy.deepcopy(together)._pre_block is None
+
+
+def test_an_architecture_missing_a_method_cannot_be_built():
+    from sae_hooks.sae.base import SAE, SAEConfig
+
+    class NoEncode(SAE):
+        def training_loss(self, x, dead_mask=None):
+            return None
+
+        def saelens_view(self):
+            return {}, {}
+
+    with pytest.raises(TypeError, match="encode"):
+        NoEncode(SAEConfig(d_in=4, d_sae=8))

@@ -11,6 +11,8 @@ loading is a plain copy: `W_enc` [d_in, d_sae], `b_enc` [d_sae], `W_dec` [d_sae,
 
 from __future__ import annotations
 
+import abc
+
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
@@ -167,7 +169,7 @@ def geometric_median(points: Float[Tensor, "N d"], iters: int = 30) -> Float[Ten
     return y
 
 
-class SAE(nn.Module):
+class SAE(nn.Module, abc.ABC):
     """Base class: parameters, input handling, save/prune helpers.
 
     Subclasses set `architecture` and `config_class`, and implement `encode`,
@@ -248,8 +250,9 @@ class SAE(nn.Module):
         """Encoder pre-activations [..., d_sae]."""
         return self._sae_in(x) @ self.W_enc + self.b_enc
 
+    @abc.abstractmethod
     def encode(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_sae"]:
-        raise NotImplementedError
+        """Latent codes [..., d_sae] (each architecture its own)."""
 
     def decode(self, z: Float[Tensor, "... d_sae"]) -> Float[Tensor, "... d_in"]:
         """x_hat = z W_dec + b_dec.
@@ -266,10 +269,11 @@ class SAE(nn.Module):
         z = self.encode(x)
         return SAEOutput(self.decode(z), z)
 
+    @abc.abstractmethod
     def training_loss(
         self, x: Float[Tensor, "B d_in"], dead_mask: Bool[Tensor, " d_sae"] | None = None
     ) -> TrainLoss:
-        raise NotImplementedError
+        """Loss of one training batch, its parts, x_hat, the fired latents and L0 (see TrainLoss)."""
 
     def after_step(self) -> None:
         """Called by the trainer after `opt.step()`; decoder renorm etc. No-op here."""
@@ -345,9 +349,9 @@ class SAE(nn.Module):
 
     # ---- hooks for formats.py --------------------------------------------------------
 
+    @abc.abstractmethod
     def saelens_view(self) -> tuple[dict[str, Any], dict[str, Tensor]]:
         """(SAELens cfg fields, tensors) for inference-equivalent loading by sae_lens."""
-        raise NotImplementedError
 
     def extra_state(self) -> dict[str, Any]:
         """JSON-able state that is not a SAELens tensor (kept under metadata.sae_hooks)."""

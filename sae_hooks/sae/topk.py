@@ -10,6 +10,8 @@ check that both give the same loss and gradients.
 
 from __future__ import annotations
 
+import abc
+
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -96,9 +98,9 @@ class _TopKFamily(SAE):
     def _arch_kwargs_for_pruned(self, m: int) -> dict[str, Any]:
         return {"k": min(self.cfg.k, m)}
 
+    @abc.abstractmethod
     def _select(self, pre: Tensor) -> tuple[Tensor, Tensor]:
         """(rows, cols) of the active entries, sorted by row. Runs under no_grad."""
-        raise NotImplementedError
 
     def _encode_active(self, x: Tensor, dead_mask: Tensor | None, sparse: bool) -> dict[str, Tensor]:
         """Shared training encoder: pre-activations, the selections and their differentiable values.
