@@ -353,6 +353,34 @@ def test_topk_batch_is_the_exact_batch_topk(case):
         assert float(threshold) == (float(vals[-1]) if bool(vals[-1] > 0) else 0.0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_topk_batch_scans_large_blocks_in_parallel_parts_exactly(dtype):
+    """A block big enough for the threaded candidate scan (each thread a slice) gives the same
+    entries as one thread and as a flat top-k, in (row, col) order."""
+    from sae_hooks.sae import sparse
+
+    g = torch.Generator().manual_seed(3)
+    pre = torch.randn(1200, 2048, generator=g).to(dtype)  # 2.5M values: two parts on two threads
+    pre[:40] += 3  # concentrated activity, as BatchTopK sees it
+    assert pre.numel() >= 2 * sparse._PARALLEL_MIN
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        rows, cols, threshold = sparse.topk_batch(pre, 16)
+        torch.set_num_threads(1)
+        rows1, cols1, threshold1 = sparse.topk_batch(pre, 16)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(rows, rows1) and torch.equal(cols, cols1) and float(threshold) == float(threshold1)
+    got = rows * pre.shape[1] + cols
+    assert bool((got[1:] > got[:-1]).all())
+    vals = pre.flatten().float()[got]
+    assert got.numel() == 16 * pre.shape[0] and float(vals.min()) == float(threshold)
+    outside = torch.ones(pre.numel(), dtype=torch.bool)
+    outside[got] = False
+    assert float(pre.flatten().float()[outside].max()) <= float(threshold)
+
+
 def test_mse_per_token_value_and_gradients():
     """The fused MSE equals (x_hat − x)² summed over d_in and averaged over tokens, with both gradients."""
     from sae_hooks.sae.base import mse_per_token
