@@ -120,55 +120,51 @@ class _PrefixMSE(torch.autograd.Function):
     """mse[s] = mean over tokens of ‖target − Σ_{j < bounds[s+1]} z_j·W_dec[j]‖² for every prefix s,
     and the last prefix's residual (no gradient). z is given as COO triples sorted by row.
 
-    All prefixes in one pass: the entries are grouped by (segment, token) into S·B bags, so one
-    embedding bag decodes every segment into an [S, B, d_in] block, and the prefix residuals are
-    e_s = target − Σ_{t<=s} segment_t (one cumulative sum). Backward: ∂/∂segment_t =
-    −(2/B) Σ_{s>=t} g_s·e_s for every t (a reverse cumulative sum), then one sampled product for
-    ∂/∂vals and one latent sum for ∂/∂W_dec over the [S·B, d_in] gradient block. The same
-    O(nnz·d_in) gathers as one decode; a loop over segments paid each sparse op's fixed costs
-    (sorts, CSR pattern, bag offsets) once per segment, ~20 ms per step at four prefixes here.
+    One decode per segment [bounds[s], bounds[s+1]) into its own [B, d_in] block, residuals
+    e_s = e_{s−1} − segment_s; backward: ∂/∂segment_t = −(2/B) Σ_{s>=t} g_s·e_s, accumulated from the
+    last prefix down, then each segment's sparse decoder gradients (`decode_grads` on its slice of
+    W_dec). The same O(nnz·d_in) work as one decode; the old per-prefix `sparse_decode` loop paid
+    four full [d_sae, d_in] decoder gradients and autograd temporaries per prefix (~2.5x one decode
+    here), and one [S·B, d_in] block instead of S blocks of [B, d_in] costs ~12 ms per allocation
+    in page faults here (glibc maps blocks over 32 MB afresh each time).
     """
 
     @staticmethod
     def forward(ctx, rows, cols, vals, W_dec, x, b_dec, target, bounds):  # type: ignore[override]
         # target = x − b_dec, already computed (no gradient); x and b_dec are given for their gradients.
         n, n_seg = target.shape[0], len(bounds) - 1
-        if n_seg > 1:
-            starts = torch.tensor(bounds[1:-1], dtype=cols.dtype, device=cols.device)
-            seg = torch.bucketize(cols, starts, right=True)  # [nnz] segment of each entry
-            bag = seg * n + rows
-            order = stable_argsort(bag, n_seg * n)  # grouped by (segment, token), columns still in order
-            bag, cols, vals = bag[order], cols[order], vals[order]
-        else:
-            order, bag = None, rows
-        decoded = decode_rows(bag, cols, vals, W_dec, n_seg * n).view(n_seg, n, -1)  # each segment's part
-        # In place, [S, B, d_in]: e_0 = target − segment_0, e_s = e_{s−1} − segment_s (a cumsum over
-        # dim 0 and vecdot run ~3x slower than these per-prefix ops here).
-        res = decoded
-        torch.sub(target, res[0], out=res[0])
-        for s in range(1, n_seg):
-            torch.sub(res[s - 1], res[s], out=res[s])
+        starts = torch.tensor(bounds[1:-1], dtype=cols.dtype, device=cols.device)
+        seg = torch.bucketize(cols, starts, right=True)  # [nnz] segment of each entry
+        order = stable_argsort(seg, n_seg)  # entries grouped by segment, rows still sorted in each
+        counts = torch.bincount(seg, minlength=n_seg).tolist()
+        rows, cols, vals = rows[order], cols[order], vals[order]
+        res, prev = [], target
+        for r, c, v in zip(rows.split(counts), cols.split(counts), vals.split(counts)):
+            prev = prev - decode_rows(r, c, v, W_dec, n)
+            res.append(prev)
         mses = torch.stack([torch.dot(e.view(-1), e.view(-1)) for e in res]) / n
-        ctx.save_for_backward(order, bag, cols, vals, W_dec, res)
-        ctx.n_seg = n_seg
-        last = res[-1]
-        ctx.mark_non_differentiable(last)
-        return mses, last
+        ctx.save_for_backward(order, rows, cols, vals, W_dec, *res)
+        ctx.counts, ctx.bounds = counts, bounds
+        ctx.mark_non_differentiable(prev)
+        return mses, prev
 
     @staticmethod
     def backward(ctx, g, _g_residual):  # type: ignore[override]
-        order, bag, cols, vals, W_dec, res = ctx.saved_tensors
-        n_seg, n = ctx.n_seg, res.shape[1]
+        order, rows, cols, vals, W_dec, *res = ctx.saved_tensors
+        counts, bounds, n = ctx.counts, ctx.bounds, res[0].shape[0]
         need_vals, need_W, need_x, need_b = ctx.needs_input_grad[2:6]
-        coef = (-2.0 / n) * g.to(res.dtype)  # [S]
-        # grads[t] = Σ_{s>=t} coef_s·e_s, from the last prefix down.
-        grads = torch.mul(res, coef[:, None, None])
-        for s in range(n_seg - 2, -1, -1):
-            grads[s] += grads[s + 1]
-        gv, grad_W = decode_grads(bag, cols, vals, W_dec, grads.view(n_seg * n, -1), n_seg * n, need_vals, need_W)
-        grad_vals = None
-        if need_vals:
-            grad_vals = gv if order is None else torch.empty_like(gv).scatter_(0, order, gv)
+        coef = (-2.0 / n) * g.to(res[0].dtype)  # [S]
+        grads: list[Tensor] = [res[-1] * coef[-1]]
+        for s in range(len(res) - 2, -1, -1):
+            grads.insert(0, torch.addcmul(grads[0], res[s], coef[s]))
+        dvals, dW = [], []
+        pieces = zip(rows.split(counts), cols.split(counts), vals.split(counts), grads, bounds, bounds[1:])
+        for r, c, v, gs, lo, hi in pieces:
+            gv, gw = decode_grads(r, c - lo, v, W_dec[lo:hi], gs, n, need_vals, need_W)
+            dvals.append(gv)
+            dW.append(gw)
+        grad_vals = torch.empty_like(vals).scatter_(0, order, torch.cat(dvals)) if need_vals else None
+        grad_W = torch.cat(dW) if need_W else None
         # ∂/∂target = −grads[0]; target = x − b_dec (b_dec shared by all tokens: a column sum).
         grad_x = -grads[0] if need_x else None
         grad_b = grads[0].sum(0) if need_b else None

@@ -15,6 +15,7 @@ Active entries are given as flat COO triples sorted by token: `rows` (token inde
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
@@ -319,14 +320,16 @@ def _flat_at_least(flat: Float[Tensor, " n"], bound: Tensor | None) -> Int[Tenso
 
 
 _PARALLEL_MIN = 1 << 20  # values per thread below which one thread scans alone
-_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
-    """A process-wide pool of ``workers`` threads, made on first use."""
-    pool = _POOLS.get(workers)
+    """A pool of ``workers`` threads for this process, made on first use (keyed by process id:
+    a forked child does not inherit its parent's threads)."""
+    key = (os.getpid(), workers)
+    pool = _POOLS.get(key)
     if pool is None:
-        pool = _POOLS.setdefault(workers, ThreadPoolExecutor(workers, thread_name_prefix="sae_hooks_scan"))
+        pool = _POOLS.setdefault(key, ThreadPoolExecutor(workers, thread_name_prefix="sae_hooks_scan"))
     return pool
 
 
