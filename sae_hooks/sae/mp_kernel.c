@@ -30,13 +30,10 @@
 #define LANES 16
 #define GR 4 /* tokens pursued together */
 /* Gram rows are read once per step from the last-level cache (42 MB in bf16 at 4,608 latents):
- * asking for the data MP_PF bytes ahead of the loop measured ~10 % off the pursuit here (a row is
- * only 144 cache lines, short for the hardware prefetcher to ramp up on). */
+ * asking for the data MP_PF bytes ahead of the loop measured ~5 % off the pursuit here, interleaved
+ * A/B (a row is only 144 cache lines, short for the hardware prefetcher to ramp up on). */
 #ifndef MP_PF
 #define MP_PF 512
-#endif
-#ifndef MP_BWD_PF
-#define MP_BWD_PF 1
 #endif
 #define PREFETCH_AHEAD(p) __builtin_prefetch((const char *)(p) + MP_PF);
 
@@ -318,6 +315,14 @@ int64_t mp_pursue_##SUF(int64_t n_rows, int64_t d_in, int64_t d_sae, CT *c, int6
     return recomputed;                                                                            \
 }
 
+/* Ask for a whole row (bytes long) ahead of its use; rw = 1 for a row about to be written. */
+static inline void prefetch_row(const void *p, size_t bytes, int rw) {
+    for (size_t o = 0; o < bytes; o += 64) {
+        if (rw) __builtin_prefetch((const char *)p + o, 1);
+        else __builtin_prefetch((const char *)p + o, 0);
+    }
+}
+
 /* Gradient of the pursuit with its choices held fixed (see _PursuitValues in mp.py), per token:
  *   R_t = r_{t-1}, the residual before step t (R_0 = r0, R_{t+1} = R_t - v_t a_t);
  *   rho = dL/dr_t, from g_r backwards: w_t = [v_t > 0] (g_v[t] - <rho, a_t>),
@@ -325,15 +330,6 @@ int64_t mp_pursue_##SUF(int64_t n_rows, int64_t d_in, int64_t d_sae, CT *c, int6
  * O(k d_in) per token: no Gram entries and no k x k coefficient matrix.
  * g_v, g_r, grad_in, grad_D may be NULL (zero / not wanted); grad_D [d_sae, d_in] accumulates
  * (the caller gives each thread its own). scratch: (k + 1) * d_in elements. */
-/* Ask for a whole row (bytes long) ahead of its use; rw = 1 for a row about to be written. */
-static inline void prefetch_row(const void *p, size_t bytes, int rw) {
-    if (!MP_BWD_PF) return;
-    for (size_t o = 0; o < bytes; o += 64) {
-        if (rw) __builtin_prefetch((const char *)p + o, 1);
-        else __builtin_prefetch((const char *)p + o, 0);
-    }
-}
-
 #define DEFINE_MP_BACKWARD(T, SUF)                                                                \
 void mp_backward_##SUF(int64_t n_rows, int64_t d_in, int64_t k, const T *r0, const T *D,          \
                        const int64_t *idx, const T *vals, const T *g_v, const T *g_r,            \
