@@ -234,7 +234,8 @@ def test_sparse_path_input_gradient_matches_dense():
 
 @pytest.mark.parametrize("arch", sorted(KW))
 def test_training_step_under_bf16_autocast(arch):
-    """`--autocast bf16`: the dense products run in bf16, parameters, gradients and the sparse path stay fp32."""
+    """`--autocast bf16`: the dense products (and the TopK family's sparse gathers) run in bf16; the loss,
+    parameters and gradients stay fp32."""
     sae, x = _sae(arch), _x(0, 128)
     dead = torch.zeros(D_SAE, dtype=torch.bool)
     dead[:5] = True
@@ -247,6 +248,38 @@ def test_training_step_under_bf16_autocast(arch):
     for name, p in sae.named_parameters():
         if p.grad is not None:
             assert p.grad.dtype == torch.float32 and bool(torch.isfinite(p.grad).all()), name
+
+
+def test_sparse_decode_gathers_bf16_tables_under_bf16_autocast():
+    """Under bf16 autocast the decode and dW_dec gather bf16 copies (what a dense autocast product reads and
+    writes); the values' gradient (SDDMM) reads W_dec in fp32. fp16 autocast keeps fp32 tables."""
+    from sae_hooks.sae.sparse import dense_codes, sparse_decode, table_dtype
+
+    g = torch.Generator().manual_seed(0)
+    n, d_sae, d_in, k = 64, 256, 48, 6
+    W = torch.randn(d_sae, d_in, generator=g).requires_grad_(True)
+    rows = torch.arange(n).repeat_interleave(k)
+    cols = torch.stack([torch.randperm(d_sae, generator=g)[:k] for _ in range(n)]).reshape(-1)
+    vals = torch.rand(n * k, generator=g).requires_grad_(True)
+    g_out = torch.randn(n, d_in, generator=g)
+    out = {}
+    for mode, dtype in (("fp32", None), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            assert table_dtype(W) == (torch.bfloat16 if mode == "bf16" else torch.float32)
+            y = sparse_decode(rows, cols, vals, W, None, n)
+        y.backward(g_out)
+        out[mode] = (y.detach(), W.grad, vals.grad)
+        W.grad = vals.grad = None
+    y16, gW16, gv16 = out["bf16"]
+    assert y16.dtype == gW16.dtype == torch.float32
+    assert torch.equal(y16, y16.bfloat16().float())  # each sum rounded to bf16, as an autocast product's output
+    assert not torch.equal(y16, out["fp32"][0])
+    rounded = dense_codes(rows, cols, vals.detach().bfloat16().float(), n, d_sae) @ W.detach().bfloat16().float()
+    torch.testing.assert_close(y16, rounded, rtol=1e-2, atol=1e-2)
+    rel = float((gW16 - out["fp32"][1]).norm() / out["fp32"][1].norm())
+    assert 0 < rel < 1e-2
+    assert torch.equal(gv16, out["fp32"][2])
+    assert all(torch.equal(a, b) for a, b in zip(out["fp16"], out["fp32"]))
 
 
 # ---- sparse training kernels against straightforward dense references ----------------------------

@@ -20,7 +20,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from .base import SAE, SAEConfig, TrainLoss
-from .sparse import decode_grads, decode_rows, dense_codes, stable_argsort
+from .sparse import decode_grads, decode_rows, dense_codes, stable_argsort, table_dtype
 from .topk import BatchTopKConfig, BatchTopKSAE
 
 
@@ -138,9 +138,11 @@ class _PrefixMSE(torch.autograd.Function):
         order = stable_argsort(seg, n_seg)  # entries grouped by segment, rows still sorted in each
         counts = torch.bincount(seg, minlength=n_seg).tolist()
         rows, cols, vals = rows[order], cols[order], vals[order]
+        ctx.table = table_dtype(W_dec)
+        table = W_dec.to(ctx.table)  # one bf16 copy for all segments under bf16 autocast
         res, prev = [], target
         for r, c, v in zip(rows.split(counts), cols.split(counts), vals.split(counts)):
-            prev = prev - decode_rows(r, c, v, W_dec, n)
+            prev = prev - decode_rows(r, c, v, table, n)
             res.append(prev)
         mses = torch.stack([torch.dot(e.view(-1), e.view(-1)) for e in res]) / n
         ctx.save_for_backward(order, rows, cols, vals, W_dec, *res)
@@ -160,7 +162,7 @@ class _PrefixMSE(torch.autograd.Function):
         dvals, dW = [], []
         pieces = zip(rows.split(counts), cols.split(counts), vals.split(counts), grads, bounds, bounds[1:])
         for r, c, v, gs, lo, hi in pieces:
-            gv, gw = decode_grads(r, c - lo, v, W_dec[lo:hi], gs, n, need_vals, need_W)
+            gv, gw = decode_grads(r, c - lo, v, W_dec[lo:hi], gs, n, need_vals, need_W, ctx.table)
             dvals.append(gv)
             dW.append(gw)
         grad_vals = torch.empty_like(vals).scatter_(0, order, torch.cat(dvals)) if need_vals else None

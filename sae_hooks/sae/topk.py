@@ -20,7 +20,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from .base import SAE, SAEConfig, TrainLoss, check_input, mse_per_token
-from .sparse import dense_codes, gather_pre, sparse_decode, topk_batch, topk_per_row
+from .sparse import dense_codes, gather_pre, sparse_decode, table_dtype, topk_batch, topk_per_row
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,9 @@ class _TopKFamily(SAE):
         return {**super().__getstate__(), "_pre_block": None}
 
     @torch.no_grad()
-    def _pre_activations(self, sae_in: Float[Tensor, "B d_in"]) -> Float[Tensor, "B d_sae"]:
-        """sae_in @ W_enc + b_enc for the sparse training step, written into a block reused at every step.
+    def _pre_activations(self, sae_in: Float[Tensor, "B d_in"]) -> tuple[Float[Tensor, "B d_sae"], Tensor]:
+        """(sae_in @ W_enc + b_enc, sae_in in the product's dtype) for the sparse training step; the
+        product is written into a block reused at every step.
 
         glibc maps every block over 32 MB afresh, so a new [B, d_sae] output (37.7 MB in bf16 at
         4096×4608) pays its page faults at each step: measured ~10 ms of a ~180 ms BatchTopK step
@@ -90,7 +91,8 @@ class _TopKFamily(SAE):
                 or block.is_inference() != torch.is_inference_mode_enabled()):
             self._pre_block = block = None  # free the old block before allocating
             self._pre_block = block = torch.empty(n, self.cfg.d_sae, dtype=dtype, device=dev)
-        return torch.addmm(self.b_enc.to(dtype), sae_in.to(dtype), self.W_enc.to(dtype), out=block[:n])
+        sae_in = sae_in.to(dtype)
+        return torch.addmm(self.b_enc.to(dtype), sae_in, self.W_enc.to(dtype), out=block[:n]), sae_in
 
     def after_step(self) -> None:
         self.normalize_decoder()
@@ -117,7 +119,7 @@ class _TopKFamily(SAE):
         if sparse:
             with torch.no_grad():  # the sparse backward (gather_pre) handles b_dec's gradient
                 sae_in = x - self.b_dec if self.cfg.apply_b_dec_to_input else x
-                pre = self._pre_activations(sae_in)  # [B, d_sae]
+                pre, sae_in_mm = self._pre_activations(sae_in)  # [B, d_sae]
         else:
             sae_in = x - self.b_dec if self.cfg.apply_b_dec_to_input else x
             pre = sae_in @ self.W_enc + self.b_enc
@@ -127,7 +129,10 @@ class _TopKFamily(SAE):
         if sparse:
             b_dec = self.b_dec if self.cfg.apply_b_dec_to_input else None
             pre_vals = torch.cat([pre[rows, cols], aux_pre])
-            vals = gather_pre(x, b_dec, self.W_enc, self.b_enc, all_rows, all_cols, pre_vals, sae_in=sae_in).relu()
+            # The backward gathers sae_in's rows in `table_dtype` (bf16 under bf16 autocast): the
+            # product's copy serves, when it is in that dtype.
+            table_in = sae_in_mm if sae_in_mm.dtype == table_dtype(self.W_enc) else sae_in
+            vals = gather_pre(x, b_dec, self.W_enc, self.b_enc, all_rows, all_cols, pre_vals, sae_in=table_in).relu()
         else:
             vals = pre[all_rows, all_cols].relu()
         n_main = rows.numel()
