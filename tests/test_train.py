@@ -27,7 +27,8 @@ def test_lr_schedule_warms_up_then_decays_to_final_fraction():
 
 
 @pytest.mark.parametrize("field,value", [("lr", 0.0), ("decay", "step"), ("warmup_frac", 1.5), ("b_dec_init", "x"),
-                                         ("dead_window_tokens", 0), ("autocast", "int8")])
+                                         ("dead_window_tokens", 0), ("autocast", "int8"),
+                                         ("concurrent", 1)])
 def test_config_errors_name_the_field(field, value):
     with pytest.raises(ValueError, match=f"TrainConfig.{field}"):
         TrainConfig(**{field: value})
@@ -54,6 +55,59 @@ def _trainer(arch="topk", steps=60, **cfg):
     t = Trainer([Target("s", "h", sae)], TrainConfig(lr=cfg.pop("lr", 3e-3), **cfg), total_steps=steps,
                 total_tokens=steps * 256)
     return t, sae
+
+
+def _four(concurrent, steps=6, seed=0):
+    """Four SAEs of different architectures and hooks, trained on the same synthetic batches."""
+    archs = [("topk", "a"), ("batchtopk", "a"), ("matryoshka", "b"), ("matching_pursuit", "a")]
+    targets = [Target(f"{arch}_{hook}", hook, make_sae(arch, 32, 128, k=6, seed=i, **(
+        {"widths": (32, 128)} if arch == "matryoshka" else {}))) for i, (arch, hook) in enumerate(archs)]
+    t = Trainer(targets, TrainConfig(lr=3e-3, concurrent=concurrent), total_steps=steps, total_tokens=steps * 512)
+    x, y = _synthetic(512 * steps, seed=seed), _synthetic(512 * steps, seed=seed + 1)
+    stats = [t.step({"a": a, "b": b}) for a, b in zip(x.split(512), y.split(512))]
+    return t, stats
+
+
+def test_concurrent_sae_steps_match_sequential_and_are_deterministic():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        (seq, s_stats), (con, c_stats), (con2, _) = _four(False), _four(True), _four(True)
+        assert seq._workers() == 1 and con._workers() == 2
+        assert torch.get_num_threads() == 2  # the pool threads' share did not leak into the caller
+    finally:
+        torch.set_num_threads(threads)
+    assert list(c_stats[-1]) == [t.name for t in con.targets]  # stats keep the targets' order
+    assert set(con.step_seconds) == set(c_stats[-1]) and all(v > 0 for v in con.step_seconds.values())
+    for a, b, c in zip(seq.targets, con.targets, con2.targets):
+        for (name, p), q, r in zip(a.sae.named_parameters(), b.sae.parameters(), c.sae.parameters()):
+            assert torch.equal(q, r), (a.name, name)  # concurrent runs repeat exactly
+            # vs one after another: the same computation, reductions split over threads differently
+            torch.testing.assert_close(q, p, rtol=1e-3, atol=1e-4, msg=f"{a.name}.{name}")
+        assert c_stats[-1][a.name].fvu == pytest.approx(s_stats[-1][a.name].fvu, rel=1e-3)
+
+
+def test_concurrent_step_waits_for_every_sae_then_raises_the_first_error(monkeypatch):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        t, _ = _four(True, steps=2)
+        bad = t.targets[1].sae
+
+        def broken(*a, **kw):
+            raise RuntimeError("boom in batchtopk")
+
+        monkeypatch.setattr(bad, "training_loss", broken)
+        before = {x.name: x.sae.W_dec.detach().clone() for x in t.targets}
+        batch = _synthetic(512, seed=9)
+        with pytest.raises(RuntimeError, match="boom in batchtopk"):
+            t.step({"a": batch, "b": batch})
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    changed = {x.name: not torch.equal(before[x.name], x.sae.W_dec) for x in t.targets}
+    assert changed == {"topk_a": True, "batchtopk_a": False, "matryoshka_b": True, "matching_pursuit_a": True}
+    assert t.step_count == 2  # the failed step is not counted
 
 
 def test_training_reduces_fvu_and_export_takes_raw_activations():

@@ -78,8 +78,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp32", "fp16"],
                    help="LM dtype (SAE math is fp32). bf16: ~5,070 vs ~2,340 tok/s to layer 6 on an AVX512-BF16 CPU")
     p.add_argument("--autocast", default="auto", choices=["none", "bf16", "fp16", "auto"],
-                   help="dense products of the SAE step in bf16/fp16 (params, grads, sparse parts stay fp32); "
-                        "auto = bf16 where the device has native bf16 (CUDA, AVX512-BF16/AMX CPUs)")
+                   help="dense products (and under bf16 the sparse gathers) of the SAE step in bf16/fp16; params, "
+                        "grads and Adam stay fp32. auto = bf16 where the device has native bf16 (CUDA, AVX512-BF16/AMX CPUs)")
+    p.add_argument("--sequential", action="store_true",
+                   help="step the SAEs one after another, each with all threads (default on the CPU: concurrently, "
+                        "each with its share of the threads)")
     p.add_argument("--out", default="runs/train", help="run folder")
     p.add_argument("--wandb", action="store_true", help="log to Weights & Biases (needs `pip install wandb`)")
     p.add_argument("--wandb-project", default="sae-hooks", help="W&B project")
@@ -232,7 +235,7 @@ def _execute(args: argparse.Namespace, dist, on_step) -> dict:
     device = args.device if not (dist.enabled and str(args.device).startswith("cuda")) else f"cuda:{dist.local_rank}"
     torch.manual_seed(args.seed)
     cfg = TrainConfig(lr=args.lr, warmup_frac=args.warmup_frac, decay=args.decay, dead_window_tokens=args.dead_window,
-                      autocast=args.autocast)
+                      autocast=args.autocast, concurrent=not args.sequential)
     adapter = load_model(args.model, backend="hf", dtype=args.dtype, device=device)
     tok = adapter.tokenizer
 
