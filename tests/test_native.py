@@ -62,6 +62,35 @@ def test_kernel_gradients_match_torch_path(monkeypatch):
         assert float((a - b).abs().max() / b.abs().max()) < 1e-5
 
 
+@needs_kernel
+@pytest.mark.parametrize("threads", [1, 2])
+def test_kernel_gradient_rows_of_unchosen_atoms_are_zero(monkeypatch, threads):
+    # The kernel's gradient buffer starts uninitialised: rows are assigned on their first write and
+    # the rows no token chose are zeroed afterwards, per shard (600 tokens: 2 shards on 2 threads).
+    D, x = _dictionary(5, n=600, d_sae=2048)
+    n = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        grads = []
+        for env in ("1", "0"):
+            monkeypatch.setenv(native.NATIVE_ENV, env)
+            # Freed NaN blocks of the gradient's size, so that the kernel's empty buffer likely reuses one.
+            del_me = torch.full((threads, *D.shape), float("nan"))
+            del del_me
+            Dg = D.clone().requires_grad_()
+            res = matching_pursuit(x, Dg, 3, gram=padded_gram(D))
+            res.residual.square().sum().backward()
+            grads.append(Dg.grad)
+            chosen = torch.zeros(D.shape[0], dtype=torch.bool)
+            chosen[res.indices[res.values > 0]] = True
+    finally:
+        torch.set_num_threads(n)
+    fast, ref = grads
+    assert int((~chosen).sum()) > 100  # many atoms were never chosen
+    assert torch.equal(fast[~chosen], torch.zeros_like(fast[~chosen]))
+    assert float((fast - ref).abs().max() / ref.abs().max()) < 1e-5
+
+
 def test_without_a_compiler_the_torch_path_runs_with_one_warning(monkeypatch, tmp_path):
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     monkeypatch.setenv("SAE_HOOKS_CACHE", str(tmp_path / "cache"))

@@ -134,6 +134,31 @@ def mse_per_token(x_hat: Tensor, x: Tensor) -> Tensor:
     return (x_hat - x).pow(2).sum(-1).mean()
 
 
+def squared_norm_per_token(r: Tensor) -> Tensor:
+    """Σ‖r‖² over d_in, averaged over tokens: `mse_per_token` of a residual r = x − x_hat given directly
+    (one dot product forward, one scaled copy backward; no difference to form).
+
+        loss = squared_norm_per_token(residual)      # residual.pow(2).sum(-1).mean()
+    """
+    if r.ndim and r.numel() and r.dtype in (torch.float32, torch.float64):
+        return _SquaredNormPerToken.apply(r)
+    return r.pow(2).sum(-1).mean()
+
+
+class _SquaredNormPerToken(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, r):  # type: ignore[override]
+        flat = r.reshape(-1)
+        ctx.save_for_backward(r)
+        ctx.n_tokens = flat.numel() // r.shape[-1]
+        return torch.dot(flat, flat) / ctx.n_tokens
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        (r,) = ctx.saved_tensors
+        return r * (2.0 * g / ctx.n_tokens)
+
+
 class _MSEPerToken(torch.autograd.Function):
     """mse_per_token with one [B, d_in] temporary: the difference (forward: one pass and a dot product;
     backward: one scaled copy). Autograd's sub/pow/sum/mean chain makes ~6 passes over [B, d_in],

@@ -39,7 +39,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from .._native import load_kernel
-from .base import SAE, SAEConfig, TrainLoss, check_input, mse_per_token
+from .base import SAE, SAEConfig, TrainLoss, check_input, squared_norm_per_token
 from .sparse import sampled_dots
 
 _BLOCK = 128  # argmax block width; 64–128 measured best on the 2-core CPU
@@ -323,7 +323,7 @@ def _select(
         if _kernel(D, gram) is None:
             gram = gram.to(dt)  # no kernel for a low-precision Gram matrix here: exact path
         else:
-            D_corr = D.to(gram.dtype).T.contiguous()  # [d_in, d_sae]: ~30 % faster product than D.T
+            D_corr = _transposed(D.to(gram.dtype))  # [d_in, d_sae]: ~30 % faster product than D.T
 
     def run(lo: int, hi: int) -> None:
         for a in range(lo, hi, chunk):
@@ -354,6 +354,15 @@ def _select(
         # with; the calling thread's own setting never changed. Put the default back.
         torch.set_num_threads(threads)
     return idx, vals, norms, resid
+
+
+def _transposed(a: Tensor, block: int = 256) -> Tensor:
+    """A contiguous copy of a.T, made in column blocks (each block's reads and writes stay in cache):
+    ~1.0 against ~2.1 ms for ``.T.contiguous()`` on a 4608×576 bf16 matrix here."""
+    out = a.new_empty(a.shape[1], a.shape[0])
+    for i in range(0, a.shape[0], block):
+        out[:, i:i + block].copy_(a[i:i + block].T)
+    return out
 
 
 class _PursuitValues(torch.autograd.Function):
@@ -464,7 +473,9 @@ def _native_backward(
     grad_in = torch.empty_like(sae_in) if need_in else None
     shards = max(1, min(torch.get_num_threads(), n // 256))
     bounds = [n * s // shards for s in range(shards + 1)]
-    parts = torch.zeros(shards, d_sae, d_in, dtype=D.dtype) if need_D else None
+    # Rows of parts are written first (then added to) by the kernel; those never written are zeroed below.
+    parts = torch.empty(shards, d_sae, d_in, dtype=D.dtype) if need_D else None
+    touched = torch.zeros(shards, d_sae, dtype=torch.uint8) if need_D else None
     scratch = torch.empty(shards, (k + 1) * d_in, dtype=D.dtype)
     ptr, i64 = ctypes.c_void_p, ctypes.c_int64
 
@@ -474,7 +485,8 @@ def _native_backward(
     def run(sh: int) -> None:
         a, b = bounds[sh], bounds[sh + 1]
         fn(i64(b - a), i64(d_in), i64(k), at(sae_in, a), at(D), at(idx, a), at(v, a), at(g_v, a), at(g_r, a),
-           at(grad_in, a), at(parts[sh] if parts is not None else None), at(scratch[sh]))
+           at(grad_in, a), at(parts[sh] if parts is not None else None),
+           at(touched[sh] if touched is not None else None), at(scratch[sh]))
 
     if shards == 1:
         run(0)
@@ -482,8 +494,13 @@ def _native_backward(
         with ThreadPoolExecutor(shards) as pool:
             for f in [pool.submit(run, sh) for sh in range(shards)]:
                 f.result()
-    grad_D = None if parts is None else (parts[0] if shards == 1 else parts.sum(0))
-    return grad_in, grad_D
+    if parts is None:
+        return grad_in, None
+    for sh in range(shards):
+        untouched = (touched[sh] == 0).nonzero().squeeze(1)
+        if untouched.numel():
+            parts[sh].index_fill_(0, untouched, 0.0)
+    return grad_in, (parts[0] if shards == 1 else parts.sum(0))
 
 
 def _pair_dots(y: Tensor, D: Tensor, idx: Tensor) -> Tensor:
@@ -666,16 +683,21 @@ class MPSAE(SAE):
             raise ValueError(f"training_loss takes x of shape [B, d_in]; got {tuple(x.shape)}.")
         x = x.to(self.W_dec.dtype)
         dev = x.device.type
+        # x + (−b_dec) has the values of x − b_dec; b_dec's gradient is then a column sum and a negated
+        # [d_in] vector instead of a negated [B, d_in] copy first (~4 ms per step on one thread here).
+        sae_in = x + self.b_dec.neg() if self.cfg.apply_b_dec_to_input else x
         if (dev == "cpu" and torch.is_autocast_enabled(dev) and torch.get_autocast_dtype(dev) == torch.bfloat16
                 and _kernel_fn(_KERNELS.get((self.W_dec.dtype, torch.bfloat16)), x.device) is not None):
             # bf16 autocast on a CPU with the C kernel: bf16 correlations choose the atoms (half the
             # Gram traffic, 4x faster products on AMX); values and residual stay fp32 and exact.
-            sae_in = self._sae_in(x).reshape(-1, self.cfg.d_in)
             res = matching_pursuit(sae_in, self.W_dec, self.cfg.k, gram=self.gram(torch.bfloat16))
         else:
-            res = self.pursue(x, self.cfg.k, 0.0, False)
-        x_hat = x - res.residual
-        mse = mse_per_token(x_hat, x)
+            res = matching_pursuit(sae_in, self.W_dec, self.cfg.k, 0.0, False, self.gram())
+        # x − x_hat is the residual itself: its squared norm is the MSE, with no [B, d_in] difference
+        # to form forward and none to negate backward.
+        mse = squared_norm_per_token(res.residual)
+        with torch.no_grad():
+            x_hat = x - res.residual
         live = res.values.detach() > 0
         fired = torch.zeros(self.cfg.d_sae, dtype=torch.bool, device=x.device)
         fired[res.indices[live]] = True

@@ -329,11 +329,14 @@ static inline void prefetch_row(const void *p, size_t bytes, int rw) {
  *   dL/da_t = -v_t rho + w_t R_t, then rho += w_t a_t; finally dL/dr0 = rho.
  * O(k d_in) per token: no Gram entries and no k x k coefficient matrix.
  * g_v, g_r, grad_in, grad_D may be NULL (zero / not wanted); grad_D [d_sae, d_in] accumulates
- * (the caller gives each thread its own). scratch: (k + 1) * d_in elements. */
+ * (the caller gives each thread its own). With touched (d_sae bytes, zeroed by the caller) the rows
+ * of grad_D need no zeroing: a row's first write assigns and marks it, later ones add; the caller
+ * zeroes the rows left unmarked (a memset of the whole matrix cost ~4 ms a step on one thread).
+ * scratch: (k + 1) * d_in elements. */
 #define DEFINE_MP_BACKWARD(T, SUF)                                                                \
 void mp_backward_##SUF(int64_t n_rows, int64_t d_in, int64_t k, const T *r0, const T *D,          \
                        const int64_t *idx, const T *vals, const T *g_v, const T *g_r,            \
-                       T *grad_in, T *grad_D, T *scratch) {                                       \
+                       T *grad_in, T *grad_D, uint8_t *touched, T *scratch) {                     \
     T *R = scratch, *rho = scratch + k * d_in;                                                    \
     const size_t row_bytes = (size_t)d_in * sizeof(T);                                            \
     for (int64_t n = 0; n < n_rows; n++) {                                                        \
@@ -365,8 +368,14 @@ void mp_backward_##SUF(int64_t n_rows, int64_t d_in, int64_t k, const T *r0, con
             if (grad_D) {                                                                         \
                 T *dr = grad_D + ir[t] * d_in;                                                    \
                 const T *Rt = R + t * d_in;                                                       \
-                _Pragma("omp simd")                                                               \
-                for (int64_t i = 0; i < d_in; i++) dr[i] += w * Rt[i] - v * rho[i];               \
+                if (touched && !touched[ir[t]]) {                                                 \
+                    touched[ir[t]] = 1;                                                           \
+                    _Pragma("omp simd")                                                           \
+                    for (int64_t i = 0; i < d_in; i++) dr[i] = w * Rt[i] - v * rho[i];            \
+                } else {                                                                          \
+                    _Pragma("omp simd")                                                           \
+                    for (int64_t i = 0; i < d_in; i++) dr[i] += w * Rt[i] - v * rho[i];           \
+                }                                                                                 \
             }                                                                                     \
             _Pragma("omp simd")                                                                   \
             for (int64_t i = 0; i < d_in; i++) rho[i] += w * a[i];                                \
@@ -397,4 +406,4 @@ DEFINE_MP(double, f64, sqrt, double, SAME, update_argmax_multi_f64, double, SAME
 DEFINE_MP(float, f32_bf16gram, sqrtf, uint16_t, bf16_to_f32, MULTI_BF16, uint16_t, bf16_to_f32, 1)
 
 /* Lets the loader check that it opened a library built from this very source. */
-int64_t mp_kernel_abi(void) { return 2; }
+int64_t mp_kernel_abi(void) { return 3; }
