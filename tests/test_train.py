@@ -110,6 +110,23 @@ def test_concurrent_step_waits_for_every_sae_then_raises_the_first_error(monkeyp
     assert t.step_count == 2  # the failed step is not counted
 
 
+@pytest.mark.parametrize("max_norm", [1e-3, 1e3])  # clipping, and not
+def test_clip_grad_norm_equals_torch(max_norm):
+    from sae_hooks.trainer import clip_grad_norm
+
+    g = torch.Generator().manual_seed(0)
+    ours = [torch.nn.Parameter(torch.zeros(s)) for s in ((64, 32), (32,), (7, 5))]
+    ref = [torch.nn.Parameter(torch.zeros(s)) for s in ((64, 32), (32,), (7, 5))]
+    for a, b in zip(ours, ref):
+        a.grad = torch.randn(a.shape, generator=g)
+        b.grad = a.grad.clone()
+    ref.append(torch.nn.Parameter(torch.zeros(3)))  # no gradient: skipped by both
+    n_ours, n_ref = clip_grad_norm(ours, max_norm), torch.nn.utils.clip_grad_norm_(ref, max_norm)
+    assert torch.equal(n_ours, n_ref)
+    assert all(torch.equal(a.grad, b.grad) for a, b in zip(ours, ref))
+    assert (float(ours[0].grad.norm()) < 1e-2) == (max_norm < 1)
+
+
 def test_training_reduces_fvu_and_export_takes_raw_activations():
     x = _synthetic(256 * 60)
     held = _synthetic(2048, seed=1)
