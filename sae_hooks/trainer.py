@@ -38,9 +38,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
@@ -49,6 +47,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from ._threads import thread_pool
 from .distributed import DistContext, all_reduce_, all_reduce_grads, gather_rows
 from .sae import SAE
 
@@ -295,7 +294,7 @@ class Trainer:
         results: dict[str, StepStats] = {}
         error: BaseException | None = None
         try:
-            futures = [(t.name, _step_pool(workers).submit(run, t)) for t in order]
+            futures = [(t.name, thread_pool("step", workers).submit(run, t)) for t in order]
             for name, f in futures:
                 try:
                     results[name] = f.result()
@@ -460,20 +459,6 @@ def clip_grad_norm(params: Iterable[Tensor], max_norm: float) -> Tensor:
     if bool(coef < 1):
         torch._foreach_mul_(grads, coef)
     return total
-
-
-_STEP_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
-
-
-def _step_pool(workers: int) -> ThreadPoolExecutor:
-    """The process's pool of ``workers`` threads for concurrent SAE steps, made on first use (keyed by
-    process id: a forked child, e.g. a DataLoader worker, does not inherit its parent's threads). Its
-    own pool: a step may itself use `sae_hooks.sae.sparse`'s scan pool."""
-    key = (os.getpid(), workers)
-    pool = _STEP_POOLS.get(key)
-    if pool is None:
-        pool = _STEP_POOLS.setdefault(key, ThreadPoolExecutor(workers, thread_name_prefix="sae_hooks_step"))
-    return pool
 
 
 @torch.no_grad()

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
@@ -39,6 +38,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from .._native import load_kernel
+from .._threads import thread_pool
 from .base import SAE, SAEConfig, TrainLoss, check_input, squared_norm_per_token
 from .sparse import sampled_dots
 
@@ -346,9 +346,8 @@ def _select(
             run(bounds[s], bounds[s + 1])
 
     try:
-        with ThreadPoolExecutor(shards) as pool:
-            for f in [pool.submit(worker, s) for s in range(shards)]:
-                f.result()
+        for f in [thread_pool("mp_select", shards).submit(worker, s) for s in range(shards)]:
+            f.result()
     finally:
         # set_num_threads in a worker also lowered the default that new threads start
         # with; the calling thread's own setting never changed. Put the default back.
@@ -493,9 +492,8 @@ def _native_backward(
     if shards == 1:
         run(0)
     else:
-        with ThreadPoolExecutor(shards) as pool:
-            for f in [pool.submit(run, sh) for sh in range(shards)]:
-                f.result()
+        for f in [thread_pool("mp_backward", shards).submit(run, sh) for sh in range(shards)]:
+            f.result()
     if parts is None:
         return grad_in, None
     for sh in range(shards):

@@ -15,15 +15,15 @@ Active entries are given as flat COO triples sorted by token: `rows` (token inde
 from __future__ import annotations
 
 import math
-import os
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
+
+from .._threads import thread_pool
 
 
 def stable_argsort(keys: Int[Tensor, " n"], n_keys: int) -> Int[Tensor, " n"]:
@@ -344,23 +344,10 @@ def _flat_at_least(flat: Float[Tensor, " n"], bound: Tensor | None) -> Int[Tenso
     if parts <= 1:
         return torch.from_numpy(part(0, bits.size))
     bounds = [bits.size * i // parts for i in range(parts + 1)]
-    futures = [_pool(parts).submit(part, lo, hi) for lo, hi in zip(bounds, bounds[1:])]
+    futures = [thread_pool("scan", parts).submit(part, lo, hi) for lo, hi in zip(bounds, bounds[1:])]
     return torch.from_numpy(np.concatenate([f.result() for f in futures]))
 
 
 _PARALLEL_MIN = 1 << 20  # values per thread below which one thread scans alone
-_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
-
-
-def _pool(workers: int) -> ThreadPoolExecutor:
-    """A pool of ``workers`` threads for this process, made on first use (keyed by process id:
-    a forked child does not inherit its parent's threads)."""
-    key = (os.getpid(), workers)
-    pool = _POOLS.get(key)
-    if pool is None:
-        pool = _POOLS.setdefault(key, ThreadPoolExecutor(workers, thread_name_prefix="sae_hooks_scan"))
-    return pool
-
-
 _SAME_WIDTH_INT = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32,
                    torch.float64: torch.int64}
