@@ -223,7 +223,7 @@ def _execute(args: argparse.Namespace, dist, on_step) -> dict:
     from ..data import CorpusConfig, CorpusError, iter_batches, load_token_tensor
     from ..models import load_model
     from ..sae import ARCHITECTURES, make_sae
-    from ..trainer import Target, TrainConfig, Trainer, held_out_metrics
+    from ..trainer import Target, TrainConfig, Trainer
 
     out = Path(args.out)
     settings = _settings(args)
@@ -298,14 +298,11 @@ def _execute(args: argparse.Namespace, dist, on_step) -> dict:
     t_train = time.perf_counter()
     eval_s = 0.0
     tokens_at_start = trainer.tokens
-    lm_tokens = 0
-    last_stats: dict = {}
     ran_dry: CorpusError | None = None
     with open(log_path, "a") if dist.is_main else _NullFile() as log:
         try:
             for batch in shuffled(acts, blocks=args.mix_batches, seed=args.seed, start_block=block):
                 stats = trainer.step(batch.acts)
-                last_stats = stats
                 nonfinite_rows += batch.nonfinite_rows
                 step = trainer.step_count
                 if on_step is not None:

@@ -19,7 +19,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from .base import SAE, SAEConfig, TrainLoss
+from .base import SAEConfig, TrainLoss
 from .sparse import decode_grads, decode_rows, dense_codes, stable_argsort, table_dtype
 from .topk import BatchTopKConfig, BatchTopKSAE
 
