@@ -346,6 +346,25 @@ def test_cli_writes_a_complete_run_folder(tiny_env, tmp_path):
     assert (out / "checkpoints").is_dir()
 
 
+def test_cli_sequential_flag_trains_the_same_saes(tiny_env, tmp_path):
+    from sae_hooks.cli.train import execute
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # concurrent steps need >= 2 threads
+    try:
+        runs = [execute(train_args(tiny_env, tmp_path / name, "--arch", "topk", "--arch", "batchtopk", "--tokens", "4096",
+                                   "--eval-every", "0", "--checkpoint-every", "0", *extra))
+                for name, extra in (("con", ()), ("seq", ("--sequential",)))]
+    finally:
+        torch.set_num_threads(threads)
+    assert [json.loads((tmp_path / n / "run.json").read_text())["settings"]["sequential"] for n in ("con", "seq")] \
+        == [False, True]
+    for a, b in zip(*(r["saes"] for r in runs)):
+        assert a["name"] == b["name"] and a["fvu"] == pytest.approx(b["fvu"], rel=1e-3, abs=1e-4)
+        wa, wb = load_sae(a["path"]).W_dec, load_sae(b["path"]).W_dec
+        torch.testing.assert_close(wa, wb, rtol=1e-3, atol=1e-4)
+
+
 def test_cli_refuses_a_folder_holding_another_run(tiny_env, tmp_path):
     from sae_hooks.cli.train import execute
 
@@ -402,3 +421,11 @@ def test_real_model_short_run(tmp_path):
     assert s["hook"] == "resid_post.6" and s["arch"] == "topk" and s["l0"] == pytest.approx(32)
     assert s["fvu"] < 0.9 and s["dead_frac"] < 0.5
     assert 1.0 < s["ce_clean"] < 4.0 and s["recaptured_zero"] > 0.0
+
+
+def test_thread_pools_are_shared_per_process_name_and_size():
+    from sae_hooks._threads import thread_pool
+
+    a = thread_pool("test", 2)
+    assert thread_pool("test", 2) is a and thread_pool("test", 3) is not a and thread_pool("other", 2) is not a
+    assert sorted(a.map(lambda i: i * i, range(5))) == [0, 1, 4, 9, 16]
