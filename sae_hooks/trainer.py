@@ -255,7 +255,7 @@ class Trainer:
                 xf = x.float()
                 centered = xf - xf.mean(0)
                 inputs[hook] = (x, float(torch.dot(centered.view(-1), centered.view(-1))))
-        workers = self._workers()
+        workers = self.workers()
         if workers > 1:
             out = self._step_concurrently(workers, inputs, n_global, lr)
         else:
@@ -268,7 +268,7 @@ class Trainer:
         self.tokens += n_global
         return out
 
-    def _workers(self) -> int:
+    def workers(self) -> int:
         """How many SAEs step at once: 1 (sequential) unless on the CPU, not distributed, concurrent, and
         there are >= 2 SAEs and >= 2 intra-op threads."""
         if not self.cfg.concurrent or self.dist.enabled or self.device.type != "cpu":

@@ -35,8 +35,10 @@ HELP = "train SAEs online on a live model (several at once, resumable, data-para
 
 TOPK_FAMILY = ("topk", "batchtopk", "matryoshka", "matching_pursuit")
 # Settings that may differ between a run and its resumption.
+# How a run executes, not what it trains (like --device, --sequential changes float rounding only):
+# a resume may change these.
 NOT_FINGERPRINTED = ("out", "resume", "overwrite", "json", "wandb", "wandb_project", "device", "eval_every",
-                     "eval_tokens", "eval_ce_tokens", "checkpoint_every", "keep_checkpoints", "progress")
+                     "eval_tokens", "eval_ce_tokens", "checkpoint_every", "keep_checkpoints", "progress", "sequential")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -363,6 +365,7 @@ def _execute(args: argparse.Namespace, dist, on_step) -> dict:
         "out": str(out), "model": args.model, "tokens": trainer.tokens, "trained_tokens_this_session": trained,
         "steps": trainer.step_count, "autocast": trainer.autocast, "seconds": round(train_s, 2), "eval_seconds": round(eval_s, 2),
         "tokens_per_s": round(trained / max(train_s, 1e-9), 1), "world_size": dist.world_size,
+        "sae_workers": trainer.workers(),
         "nonfinite_rows_skipped": nonfinite_rows, "dead_window_tokens": trainer.dead_window,
         "held_out_tokens": int(held["rows"]), "saes": result_saes,
         "metric_definitions": "held-out, position 0 and special tokens excluded; FVU = Σ‖x−x̂‖²/Σ‖x−x̄‖²; "
