@@ -87,7 +87,8 @@ class TrainConfig:
     """Mixed precision for the SAE step's dense products: ``"none"``, ``"bf16"``, ``"fp16"``, or ``"auto"`` = bf16
     where the device has native bf16 matrix units (CUDA with bf16; a CPU with AVX512-BF16 or AMX), else none.
     Parameters, gradients and optimizer state stay fp32; under bf16 the TopK family's sparse gathers read bf16
-    copies of their tables (`sae_hooks.sae.sparse.table_dtype`), as a dense autocast product would."""
+    copies of their tables (`sae_hooks.sae.sparse.table_dtype`), as a dense autocast product would. fp16 adds
+    dynamic loss scaling per SAE (``torch.amp.GradScaler``: a step whose scaled gradients overflow is skipped)."""
     concurrent: bool = True
     """Step the SAEs of a batch concurrently on CPU threads, each with its share of the intra-op threads
     (see the module docstring). Off: one after another, each with all threads."""
@@ -229,6 +230,10 @@ class Trainer:
                      for t in self.targets}
         self.since_fired = {t.name: torch.zeros(t.sae.cfg.d_sae, dtype=torch.long, device=self.device)
                             for t in self.targets}
+        # fp16 autocast: dynamic loss scaling per SAE (fp16 gradients of the dense products underflow
+        # without it); disabled scalers (bf16, none) pass everything through unchanged.
+        self.scalers = {t.name: torch.amp.GradScaler(self.device.type, enabled=self.autocast == "fp16")
+                        for t in self.targets}
         self.step_seconds: dict[str, float] = {}
         """Each SAE's last step time (wall seconds); concurrent steps start the longest first."""
 
@@ -314,13 +319,16 @@ class Trainer:
         dead = self.since_fired[t.name] >= self.dead_window
         with self._autocast():
             res = sae.training_loss(x, dead)
-        res.loss.backward()
+        scaler = self.scalers[t.name]  # a no-op unless fp16 autocast
+        scaler.scale(res.loss).backward()
         all_reduce_grads(self.dist, sae.parameters())
+        scaler.unscale_(opt)  # ranks hold the same reduced gradients, so they agree on skipping
         if self.cfg.grad_clip > 0:
             clip_grad_norm(sae.parameters(), self.cfg.grad_clip)
         for group in opt.param_groups:
             group["lr"] = lr
-        opt.step()
+        scaler.step(opt)  # skipped when the scaled gradients overflowed (fp16), then the scale backs off
+        scaler.update()
         opt.zero_grad(set_to_none=True)
         sae.after_step()
         if self.dist.enabled:  # running statistics (BatchTopK's threshold) saw only this rank's rows
@@ -412,6 +420,7 @@ class Trainer:
             "saes": {t.name: t.sae.state_dict() for t in self.targets},
             "extra": {t.name: t.sae.extra_state() for t in self.targets},
             "opts": {n: o.state_dict() for n, o in self.opts.items()},
+            "scalers": {n: s.state_dict() for n, s in self.scalers.items()},
             "since_fired": dict(self.since_fired),
         })
 
@@ -435,6 +444,9 @@ class Trainer:
                         if "step" in opt.state.get(p, {}):
                             opt.state[p]["step"] = opt.state[p]["step"].to(p.device, torch.float32)
             self.since_fired[t.name].copy_(state["since_fired"][t.name])
+            scaler_state = state.get("scalers", {}).get(t.name)
+            if scaler_state and self.scalers[t.name].is_enabled():  # empty when saved by a disabled one
+                self.scalers[t.name].load_state_dict(scaler_state)
         self.step_count = int(state["step"])
         self.tokens = int(state["tokens"])
         self.scales = dict(state["scales"])

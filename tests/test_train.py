@@ -127,6 +127,34 @@ def test_clip_grad_norm_equals_torch(max_norm):
     assert (float(ours[0].grad.norm()) < 1e-2) == (max_norm < 1)
 
 
+def test_fp16_autocast_scales_the_loss_and_skips_overflowing_steps():
+    def standard(autocast):
+        sae = make_sae("standard", 32, 128, seed=0)
+        return Trainer([Target("s", "h", sae)], TrainConfig(lr=3e-3, autocast=autocast), total_steps=8,
+                       total_tokens=8 * 256), sae
+
+    x = _synthetic(256 * 8)
+    t, sae = standard("fp16")
+    bf, _ = standard("bf16")
+    assert t.scalers["s"].is_enabled() and not bf.scalers["s"].is_enabled()
+    batches = x.split(256)
+    t.step({"h": batches[0]})
+    # A scale so large that the fp16 gradients of the dense products overflow: the step is skipped
+    # (parameters and Adam state untouched) and the scale backs off.
+    t.scalers["s"] = torch.amp.GradScaler("cpu", init_scale=2.0 ** 40, backoff_factor=2.0 ** -30)
+    before = {n: p.detach().clone() for n, p in sae.named_parameters()}
+    t.step({"h": batches[1]})
+    assert all(torch.equal(before[n], p) for n, p in sae.named_parameters())
+    assert t.scalers["s"].get_scale() == 2.0 ** 10
+    fvus = [t.step({"h": b})["s"].fvu for b in batches[2:]]  # at the lower scale it trains
+    assert any(not torch.equal(before[n], p) for n, p in sae.named_parameters())
+    assert fvus[-1] < fvus[0]
+    state = t.state_dict()
+    t2, _ = standard("fp16")
+    t2.load_state_dict(state)
+    assert t2.scalers["s"].get_scale() == t.scalers["s"].get_scale() == 2.0 ** 10
+
+
 def test_training_reduces_fvu_and_export_takes_raw_activations():
     x = _synthetic(256 * 60)
     held = _synthetic(2048, seed=1)

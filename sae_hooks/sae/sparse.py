@@ -72,7 +72,8 @@ def table_dtype(t: Tensor) -> torch.dtype:
     the shared cache here; bf16 halves their bytes: 7.0 → 3.4 ms per decode and 8.0 → 4.3 ms per
     latent sum at 4096×32 entries of width 576 (measured). The tables' rows are rounded to bf16 and
     so is each gathered sum (accumulated in fp32), as in an autocast product. fp16 autocast keeps
-    fp32 tables: without a gradient scaler, fp16 gradient sums can underflow.
+    fp32 tables: fp16's narrow exponent range can underflow small gradient sums unless the loss is
+    scaled, which these functions cannot know.
     """
     if t.dtype == torch.float32 and torch.is_autocast_enabled(t.device.type) \
             and torch.get_autocast_dtype(t.device.type) == torch.bfloat16:
