@@ -14,10 +14,12 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 
@@ -128,17 +130,40 @@ def load_hf(name_or_path: str = DEFAULT_MODEL, *, dtype: str | torch.dtype = tor
                 f"Unknown model {name_or_path!r}: not an embedded model ({', '.join(EMBEDDED)}), not a local "
                 "folder, and not an HF hub name of the form owner/name."
             )
+    # A hub name where the hub's host does not resolve: only the local HF cache can serve it. Asking the
+    # hub anyway costs ~50 s of retries (measured here) before the same failure.
+    unreachable = _hub_unreachable() if not Path(path).exists() else None
+    local = {"local_files_only": True} if unreachable else {}
     try:
-        tok = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        tok = AutoTokenizer.from_pretrained(path, **local)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **local)
     except OSError as e:
         why = " ".join(str(e).split())  # one line: transformers' messages span several
+        where = (f"The hub is unreachable from here ({unreachable}), and the local HF cache does not hold it; "
+                 if unreachable else "If it is a hub name, this machine may have no access to the hub; ")
         raise OSError(
-            f"Could not load model {name_or_path!r}: {why} If it is a hub name, this machine may have no access to "
-            f"the hub; download it elsewhere and pass the local folder, or use the embedded {DEFAULT_MODEL!r}."
+            f"Could not load model {name_or_path!r}: {why} {where}download it elsewhere and pass the local folder, "
+            f"or use the embedded {DEFAULT_MODEL!r}."
         ) from e
     model.eval().requires_grad_(False)
     return model.to(device), tok
+
+
+def _hub_unreachable() -> str | None:
+    """Why the HF hub cannot be reached from here (its host name does not resolve), or None.
+
+    None as well where a proxy is set (the proxy resolves names) or the hub is already switched off
+    (``HF_HUB_OFFLINE``: transformers then reads only the cache, at once)."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_HUB_OFFLINE")):
+        return None
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+    except socket.gaierror as e:
+        return f"{host} does not resolve: {e.strerror or e}"
+    except OSError:
+        return None
+    return None
 
 
 def load_model(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import math
 import os
 import random
 import re
@@ -16,6 +15,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+import sae_hooks.models as sae_models
 from sae_hooks.data import (
     CorpusConfig,
     CorpusError,
@@ -211,11 +211,25 @@ def test_hf_code_path_on_a_local_dataset_folder(tok, tmp_path, monkeypatch):
         raise ConnectionError("Couldn't reach the Hub")
 
     monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    monkeypatch.setattr(sae_models, "_hub_unreachable", lambda: None)  # the hub's name resolves; the load fails
     cfg = CorpusConfig(source="someone/some-corpus", hf_subset="en", hf_split="validation")
     with pytest.raises(CorpusError, match=r"'someone/some-corpus'.*'validation'.*local"):
         next(iter_batches(tok, cfg, 2))
     assert calls == [(("someone/some-corpus", "en"), {"split": "validation", "streaming": True})]
     assert describe_corpus("someone/some-corpus")["kind"] == "hf"
+
+
+def test_hf_dataset_name_without_hub_access_fails_at_once(tok, monkeypatch):
+    import datasets
+
+    def never(*args, **kwargs):
+        raise AssertionError("load_dataset must not be asked: it retries for ~28 s")
+
+    monkeypatch.setattr(datasets, "load_dataset", never)
+    monkeypatch.setattr(sae_models, "_hub_unreachable", lambda: "huggingface.co does not resolve: Name or service not known")
+    with pytest.raises(CorpusError, match=r"'someone/some-corpus'.*unreachable from here \(huggingface.co does not "
+                                          r"resolve.*local .txt/.jsonl/.parquet"):
+        next(iter_batches(tok, CorpusConfig(source="someone/some-corpus"), 2))
 
 
 @pytest.mark.parametrize("make, match", [

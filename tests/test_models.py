@@ -96,6 +96,27 @@ def test_hub_load_error_is_one_line(monkeypatch):
     assert "'someone/some-model'" in str(e.value) and "pass the local folder" in str(e.value)
 
 
+def test_hub_name_without_name_resolution_fails_at_once(monkeypatch):
+    import socket
+    import time
+
+    def no_dns(host, *args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_HUB_OFFLINE", "HF_ENDPOINT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    t0 = time.perf_counter()
+    with pytest.raises(OSError) as e:
+        models.load_hf("someone/some-model-that-is-not-cached")
+    assert time.perf_counter() - t0 < 10  # no hub retries (~50 s when it asks the hub)
+    msg = str(e.value)
+    assert "huggingface.co does not resolve" in msg and "local HF cache does not hold it" in msg
+    assert "'someone/some-model-that-is-not-cached'" in msg and "\n" not in msg
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")  # a proxy resolves names itself
+    assert models._hub_unreachable() is None
+
+
 def _stderr_lines(err: str) -> list[str]:
     """stderr without the loading progress bars (tqdm redraws with \r; they are not messages)."""
     return [line for line in err.replace("\r", "\n").splitlines() if line.strip() and "it/s]" not in line]

@@ -81,7 +81,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="LM dtype (SAE math is fp32). bf16: ~5,070 vs ~2,340 tok/s to layer 6 on an AVX512-BF16 CPU")
     p.add_argument("--autocast", default="auto", choices=["none", "bf16", "fp16", "auto"],
                    help="dense products (and under bf16 the sparse gathers) of the SAE step in bf16/fp16; params, "
-                        "grads and Adam stay fp32. auto = bf16 where the device has native bf16 (CUDA, AVX512-BF16/AMX CPUs)")
+                        "grads and Adam stay fp32; fp16 adds loss scaling. auto = bf16 where the device has native bf16 "
+                        "(CUDA, AVX512-BF16/AMX CPUs)")
     p.add_argument("--sequential", action="store_true",
                    help="step the SAEs one after another, each with all threads (default on the CPU: concurrently, "
                         "each with its share of the threads)")
