@@ -264,11 +264,7 @@ class Trainer:
         if workers > 1:
             out = self._step_concurrently(workers, inputs, n_global, lr)
         else:
-            out = {}
-            for t in self.targets:
-                t0 = time.perf_counter()
-                out[t.name] = self._step_one(t, *inputs[t.hook], n_global, lr)
-                self.step_seconds[t.name] = time.perf_counter() - t0
+            out = {t.name: self._timed_step(t, inputs, n_global, lr) for t in self.targets}
         self.step_count += 1
         self.tokens += n_global
         return out
@@ -290,10 +286,7 @@ class Trainer:
 
         def run(t: Target) -> StepStats:
             torch.set_num_threads(share)  # this pool thread's own setting
-            t0 = time.perf_counter()
-            stats = self._step_one(t, *inputs[t.hook], n_global, lr)
-            self.step_seconds[t.name] = time.perf_counter() - t0
-            return stats
+            return self._timed_step(t, inputs, n_global, lr)
 
         order = sorted(self.targets, key=lambda t: -self.step_seconds.get(t.name, 0.0))
         results: dict[str, StepStats] = {}
@@ -312,6 +305,14 @@ class Trainer:
         if error is not None:
             raise error
         return {t.name: results[t.name] for t in self.targets}
+
+    def _timed_step(self, t: Target, inputs: Mapping[str, tuple[Tensor, float]], n_global: int,
+                    lr: float) -> StepStats:
+        """`_step_one` on t's hook input, its wall time kept in ``step_seconds``."""
+        t0 = time.perf_counter()
+        stats = self._step_one(t, *inputs[t.hook], n_global, lr)
+        self.step_seconds[t.name] = time.perf_counter() - t0
+        return stats
 
     def _step_one(self, t: Target, x: Tensor, var: float, n_global: int, lr: float) -> StepStats:
         """One update of one SAE on its (already norm-scaled) rows x; ``var`` = Σ‖x − x̄‖² for the batch FVU."""
