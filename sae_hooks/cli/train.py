@@ -34,9 +34,8 @@ from typing import Any
 HELP = "train SAEs online on a live model (several at once, resumable, data-parallel under torchrun)"
 
 TOPK_FAMILY = ("topk", "batchtopk", "matryoshka", "matching_pursuit")
-# Settings that may differ between a run and its resumption.
-# How a run executes, not what it trains (like --device, --sequential changes float rounding only):
-# a resume may change these.
+# Settings that may differ between a run and its resumption: how a run executes and reports, not what it
+# trains (--device and --sequential change float rounding only).
 NOT_FINGERPRINTED = ("out", "resume", "overwrite", "json", "wandb", "wandb_project", "device", "eval_every",
                      "eval_tokens", "eval_ce_tokens", "checkpoint_every", "keep_checkpoints", "progress", "sequential")
 

@@ -12,7 +12,6 @@ loading is a plain copy: `W_enc` [d_in, d_sae], `b_enc` [d_sae], `W_dec` [d_sae,
 from __future__ import annotations
 
 import abc
-
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple

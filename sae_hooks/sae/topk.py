@@ -11,7 +11,6 @@ check that both give the same loss and gradients.
 from __future__ import annotations
 
 import abc
-
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
