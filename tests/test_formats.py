@@ -135,3 +135,52 @@ def test_sparsify_round_trip_and_foreign_folder(tmp_path):
     assert torch.allclose(z, torch.zeros_like(ref).scatter(-1, i, v))
     with pytest.raises(ValueError, match="TopK SAEs only"):
         save_sparsify(make_sae("standard", 8, 16), tmp_path / "x")
+
+
+@pytest.mark.parametrize("arch", ["topk", "jumprelu", "matching_pursuit"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_at_load_naming_tensor_and_file(tmp_path, arch, bad):
+    sae = make_sae(arch, 8, 16, **({"k": 2} if arch != "jumprelu" else {}), seed=0)
+    sae.save(tmp_path / "a")
+    path = tmp_path / "a" / "sae_weights.safetensors"
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    tensors["W_dec"][3, 1] = bad
+    save_file(tensors, str(path))
+    with pytest.raises(ValueError, match=r"sae_weights\.safetensors'.*tensor 'W_dec' holds .*non-finite"):
+        load_sae(tmp_path / "a")
+    # The same check guards sparsify folders.
+    sp = make_sae("topk", 8, 16, k=2, seed=0)
+    save_sparsify(sp, tmp_path / "layers.1")
+    tensors = load_file(str(tmp_path / "layers.1" / "sae.safetensors"))
+    tensors["encoder.bias"][0] = bad
+    save_file(tensors, str(tmp_path / "layers.1" / "sae.safetensors"))
+    with pytest.raises(ValueError, match=r"sae\.safetensors'.*tensor 'encoder\.bias'"):
+        load_sae(tmp_path / "layers.1")
+
+
+def test_non_finite_number_in_cfg_json_is_refused(tmp_path):
+    sae = make_sae("batchtopk", 8, 16, k=2, seed=0)
+    sae.save(tmp_path / "a")
+    cfg_path = tmp_path / "a" / "cfg.json"
+    cfg_path.write_text(cfg_path.read_text().replace('"threshold_sum": 0.0', '"threshold_sum": NaN'))
+    with pytest.raises(ValueError, match="non-finite number NaN"):
+        load_sae(tmp_path / "a")
+
+
+def test_atomic_writers_replace_whole_files_and_leave_nothing_on_error(tmp_path, monkeypatch):
+    from sae_hooks import _io
+
+    target = tmp_path / "f.json"
+    _io.atomic_write_text(target, "old")
+    _io.atomic_write_bytes(target, b"new")
+    assert target.read_bytes() == b"new"
+
+    def broken_fsync(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(_io.os, "fsync", broken_fsync)
+    with pytest.raises(OSError, match="disk full"):
+        _io.atomic_write_text(target, "half")
+    assert target.read_bytes() == b"new" and os.listdir(tmp_path) == ["f.json"]

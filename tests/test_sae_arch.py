@@ -463,3 +463,57 @@ def test_an_architecture_missing_a_method_cannot_be_built():
 
     with pytest.raises(TypeError, match="encode"):
         NoEncode(SAEConfig(d_in=4, d_sae=8))
+
+
+def test_device_and_dtype_properties():
+    sae = make_sae("topk", D_IN, D_SAE, k=4, dtype="float64", seed=0)
+    assert sae.device == torch.device("cpu") and sae.dtype == torch.float64
+    assert make_sae("matching_pursuit", D_IN, D_SAE, k=4).dtype == torch.float32
+
+
+def test_train_options_come_from_each_class():
+    from sae_hooks.sae import train_options
+
+    got = {arch: train_options(arch, 4608, k=32, l1_coef=5.0) for arch in ARCHITECTURES}
+    assert got == {"standard": {"l1_coef": 5.0}, "topk": {"k": 32}, "batchtopk": {"k": 32}, "jumprelu": {},
+                   "matryoshka": {"k": 32, "widths": (512, 1152, 2304, 4608)}, "matching_pursuit": {"k": 32}}
+    for arch in ARCHITECTURES:  # every default set builds an SAE
+        make_sae(arch, D_IN, D_SAE, **train_options(arch, D_SAE, k=6, l1_coef=1.0))
+    with pytest.raises(ValueError, match="unknown SAE architecture 'gated'"):
+        train_options("gated", 16, k=2, l1_coef=1.0)
+
+
+def test_parse_sae_spec_types_values_by_the_config_fields():
+    from sae_hooks.sae import SAESpec, parse_sae_spec
+
+    spec = parse_sae_spec("matryoshka:resid_post.6:d_sae=4608:k=32:widths=512,1152,2304,4608:prefix_loss=sum")
+    assert spec == SAESpec("matryoshka", "resid_post.6", 4608,
+                           {"k": 32, "widths": (512, 1152, 2304, 4608), "prefix_loss": "sum"})
+    spec = parse_sae_spec("topk:blocks.6.hook_resid_post:aux_k=none:aux_coef=0.5:rescale_acts_by_decoder_norm=true")
+    assert spec.options == {"aux_k": None, "aux_coef": 0.5, "rescale_acts_by_decoder_norm": True}
+    assert type(spec.options["aux_coef"]) is float
+    assert parse_sae_spec("jumprelu:resid_post.1:l0_coef=1").options == {"l0_coef": 1.0}
+    assert parse_sae_spec("standard:resid_post.1") == SAESpec("standard", "resid_post.1", None, {})
+    sae = make_sae("matryoshka", 64, spec.d_sae or 4608, **parse_sae_spec(
+        "matryoshka:h:k=4:widths=(512,4608)").options)
+    assert sae.cfg.widths == (512, 4608)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("topk", r"expected ARCH:HOOK\[:key=value...\]"),
+    ("topk:", r"expected ARCH:HOOK"),
+    ("tpk:resid_post.6", r"unknown SAE architecture 'tpk'; valid: \['batchtopk'"),
+    ("topk:resid_post.6:kk=3", r"'topk' SAEs have no option 'kk'; valid: \[.*'k'"),
+    ("jumprelu:resid_post.6:l1_coef=5", r"'jumprelu' SAEs have no option 'l1_coef'; valid: \[.*'l0_coef'"),
+    ("topk:resid_post.6:k=3.5", r"option k='3.5' must be an int"),
+    ("topk:resid_post.6:aux_coef=big", r"option aux_coef='big' must be a number"),
+    ("topk:resid_post.6:rescale_acts_by_decoder_norm=maybe", r"must be true or false"),
+    ("topk:resid_post.6:k", r"option 'k' is not key=value"),
+    ("topk:resid_post.6:k=3:k=4", r"option 'k' is given twice"),
+    ("topk:resid_post.6:d_in=3", r"no option 'd_in'"),
+])
+def test_parse_sae_spec_errors_name_the_option_and_the_valid_ones(text, message):
+    from sae_hooks.sae import parse_sae_spec
+
+    with pytest.raises(ValueError, match=message):
+        parse_sae_spec(text)

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import types
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
@@ -193,6 +196,34 @@ def geometric_median(points: Float[Tensor, "N d"], iters: int = 30) -> Float[Ten
     return y
 
 
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def _typed(name: str, text: str, hint: Any) -> Any:
+    """``text`` as a value of the config field type ``hint`` (int, float, bool, str, X | None,
+    tuple[int, ...]); a ValueError naming the option otherwise."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
+        if text.strip().lower() in ("none", "null", ""):
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+    if typing.get_origin(hint) is tuple:
+        item = typing.get_args(hint)[0]
+        return tuple(_typed(name, part, item) for part in text.strip("()[] ").split(",") if part.strip())
+    value = text.strip()
+    if hint is bool:
+        if value.lower() in _TRUE + _FALSE:
+            return value.lower() in _TRUE
+        raise ValueError(f"option {name}={text!r} must be true or false.")
+    if hint in (int, float):
+        try:
+            return hint(value)
+        except ValueError:
+            kind = "an int" if hint is int else "a number"
+            raise ValueError(f"option {name}={text!r} must be {kind}.") from None
+    return text
+
+
 class SAE(nn.Module, abc.ABC):
     """Base class: parameters, input handling, save/prune helpers.
 
@@ -223,6 +254,64 @@ class SAE(nn.Module, abc.ABC):
             self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae, dtype=dt))
         self.W_dec = nn.Parameter(torch.zeros(cfg.d_sae, cfg.d_in, dtype=dt))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in, dtype=dt))
+
+    @property
+    def device(self) -> torch.device:
+        """Where the parameters live (all of them live together)."""
+        return self.W_dec.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The parameters' dtype; inputs are cast to it before encoding.
+
+            z = sae.encode(x.to(sae.device, sae.dtype))
+        """
+        return self.W_dec.dtype
+
+    # ---- options: what a config takes, from Python and from text ----------------------
+
+    @classmethod
+    def options(cls) -> tuple[str, ...]:
+        """Names of the architecture's options: its config fields other than d_in and d_sae.
+
+            TopKSAE.options()    # ('dtype', 'apply_b_dec_to_input', 'k', 'aux_k', ...)
+        """
+        return tuple(f.name for f in dataclasses.fields(cls.config_class) if f.name not in ("d_in", "d_sae"))
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> None:
+        """A ValueError naming any key of ``options`` that is not an option of this architecture."""
+        unknown = sorted(set(options) - set(cls.options()))
+        if unknown:
+            raise ValueError(
+                f"{cls.architecture!r} SAEs have no option(s) {unknown}; valid: {sorted(cls.options())}."
+            )
+
+    @classmethod
+    def parse_options(cls, pairs: Mapping[str, str]) -> dict[str, Any]:
+        """Options given as text (``{"k": "32", "widths": "512,1152"}``), typed by the config's fields;
+        ``d_sae`` is accepted too. Errors name the option, the type it needs and the valid options.
+
+            MatryoshkaSAE.parse_options({"k": "32", "widths": "512,4608"})   # {'k': 32, 'widths': (512, 4608)}
+        """
+        hints = typing.get_type_hints(cls.config_class)
+        valid = ("d_sae", *cls.options())
+        out: dict[str, Any] = {}
+        for name, text in pairs.items():
+            if name not in valid:
+                raise ValueError(f"{cls.architecture!r} SAEs have no option {name!r}; valid: {sorted(valid)}.")
+            out[name] = _typed(name, text, hints[name])
+        return out
+
+    @classmethod
+    def train_options(cls, d_sae: int, *, k: int, l1_coef: float) -> dict[str, Any]:
+        """This architecture's options for a training run whose sparsity settings are ``k`` (active
+        latents or pursuit steps) and ``l1_coef`` (L1 weight); each architecture takes what applies
+        to it. None here: the config's defaults.
+
+            TopKSAE.train_options(4608, k=32, l1_coef=5.0)    # {'k': 32}
+        """
+        return {}
 
     # ---- initialisation -------------------------------------------------------------
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 from torch import Tensor
 
+from .._io import atomic_write_bytes
 from .base import DTYPES, SAE
+from .registry import ARCHITECTURES, make_sae
 
 SAELENS_CFG = "cfg.json"
 SAELENS_WEIGHTS = "sae_weights.safetensors"
@@ -39,21 +40,6 @@ _SAELENS_ARCHS = ("standard", "topk", "jumprelu", "matching_pursuit")
 
 
 # ---- writing ----------------------------------------------------------------------------
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temp file beside `path`, fsync, then os.replace: old or new, never half."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _prepare_dir(path: str | os.PathLike) -> Path:
@@ -69,7 +55,7 @@ def _write_folder(p: Path, files: dict[str, bytes]) -> None:
     p.mkdir(parents=True, exist_ok=True)
     names = sorted(files, key=lambda n: n.endswith(".json"))
     for name in names:
-        _atomic_write(p / name, files[name])
+        atomic_write_bytes(p / name, files[name])
 
 
 def _tensor_bytes(tensors: dict[str, Tensor]) -> bytes:
@@ -147,8 +133,11 @@ def _jsonable_cfg(sae: SAE) -> dict[str, Any]:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    def refuse(constant: str) -> float:
+        raise ValueError(f"{str(path)!r} holds the non-finite number {constant}; the folder is damaged.")
+
     try:
-        cfg = json.loads(path.read_text())
+        cfg = json.loads(path.read_text(), parse_constant=refuse)
     except json.JSONDecodeError as e:
         raise ValueError(f"{str(path)!r} is not valid JSON ({e}); the folder is damaged.") from None
     if not isinstance(cfg, dict):
@@ -157,14 +146,25 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _read_tensors(path: Path) -> dict[str, Tensor]:
+    """Every tensor of a safetensors file; a ValueError for an unreadable file or a tensor holding
+    NaN or inf (an SAE with such weights gives NaN metrics or fails inside sampling, far from here)."""
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, RuntimeError, ValueError) as e:
         raise ValueError(
             f"{str(path)!r} is not a readable safetensors file (truncated or corrupt?): {e}. "
             "Re-save or re-download it."
         ) from None
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            n_nan = int(torch.isnan(t).sum())
+            n_inf = int(torch.isinf(t).sum())
+            raise ValueError(
+                f"{str(path)!r}: tensor {name!r} holds {n_nan} NaN and {n_inf} inf values (of {t.numel()}); "
+                "an SAE with non-finite weights cannot be used. Re-train it, or re-download the file."
+            )
+    return tensors
 
 
 def _check_tensors(
@@ -234,8 +234,6 @@ def load_sae(path: str | os.PathLike) -> SAE:
 
 
 def _load_saelens(p: Path, cfg: dict[str, Any]) -> SAE:
-    from . import ARCHITECTURES, make_sae
-
     meta = dict(cfg.get("metadata") or {})
     ours = meta.pop(_OUR_KEY, None)
     weights = p / SAELENS_WEIGHTS
@@ -309,8 +307,6 @@ def _load_saelens(p: Path, cfg: dict[str, Any]) -> SAE:
 
 
 def _load_sparsify(p: Path, cfg: dict[str, Any]) -> SAE:
-    from . import make_sae
-
     for flag in ("skip_connection", "transcode"):
         if cfg.get(flag):
             raise ValueError(f"{str(p)!r}: sparsify {flag}=True coders are not supported.")

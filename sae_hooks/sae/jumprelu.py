@@ -102,6 +102,13 @@ class JumpReLUSAE(SAE):
             torch.full((cfg.d_sae,), float(self.cfg.init_threshold), dtype=cfg.torch_dtype)
         )
 
+    @classmethod
+    def train_options(cls, d_sae: int, *, k: int, l1_coef: float) -> dict[str, Any]:
+        """None: neither applies. The penalty here counts active latents (``l0_coef``), a different
+        quantity on a different scale from an L1 weight; set it as an option of its own
+        (``jumprelu:resid_post.6:l0_coef=1e-3``)."""
+        return {}
+
     @torch.no_grad()
     def set_threshold(self, threshold: Tensor) -> None:
         """Set θ from a [d_sae] tensor, e.g. one loaded from SAELens."""

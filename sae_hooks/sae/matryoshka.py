@@ -66,6 +66,16 @@ class MatryoshkaSAE(BatchTopKSAE):
     config_class: ClassVar[type[SAEConfig]] = MatryoshkaConfig
     cfg: MatryoshkaConfig
 
+    @classmethod
+    def train_options(cls, d_sae: int, *, k: int, l1_coef: float) -> dict[str, Any]:
+        """The run's k and nested prefixes at ~1/9, 1/4, 1/2 and all of d_sae (512/1152/2304/4608 at
+        4608, the widths of the progressive-coding comparison).
+
+            MatryoshkaSAE.train_options(4608, k=32, l1_coef=5.0)   # {'k': 32, 'widths': (512, 1152, 2304, 4608)}
+        """
+        widths = tuple(sorted({max(1, d_sae // 9), max(1, d_sae // 4), max(1, d_sae // 2), d_sae}))
+        return {"k": k, "widths": widths}
+
     def _arch_kwargs_for_pruned(self, m: int) -> dict[str, Any]:
         # An arbitrary subset has no nesting left; prefix() keeps the nesting.
         return {"k": min(self.cfg.k, m), "widths": (m,)}

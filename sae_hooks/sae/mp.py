@@ -591,6 +591,11 @@ class MPSAE(SAE):
         self._gram_key: tuple | None = None
         self._gram: Tensor | None = None
 
+    @classmethod
+    def train_options(cls, d_sae: int, *, k: int, l1_coef: float) -> dict[str, Any]:
+        """The run's k as the number of pursuit steps (``l1_coef`` does not apply)."""
+        return {"k": k}
+
     @property
     def W_enc(self) -> Tensor:
         """Tied encoder: W_dec transposed (SAELens exposes the same)."""

@@ -43,6 +43,11 @@ class StandardSAE(SAE):
     config_class: ClassVar[type[SAEConfig]] = StandardConfig
     cfg: StandardConfig
 
+    @classmethod
+    def train_options(cls, d_sae: int, *, k: int, l1_coef: float) -> dict[str, Any]:
+        """The run's L1 weight (``k`` does not apply: sparsity comes from the penalty)."""
+        return {"l1_coef": l1_coef}
+
     def encode(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_sae"]:
         return self._pre(x).relu()
 

@@ -93,6 +93,11 @@ class _TopKFamily(SAE):
         sae_in = sae_in.to(dtype)
         return torch.addmm(self.b_enc.to(dtype), sae_in, self.W_enc.to(dtype), out=block[:n]), sae_in
 
+    @classmethod
+    def train_options(cls, d_sae: int, *, k: int, l1_coef: float) -> dict[str, Any]:
+        """The run's k (``l1_coef`` does not apply: exactly k latents are kept)."""
+        return {"k": k}
+
     def after_step(self) -> None:
         self.normalize_decoder()
 

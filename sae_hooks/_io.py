@@ -1,0 +1,44 @@
+"""Atomic file writes: a reader (or a crash) sees the old file or the new one, never half of one.
+
+The bytes go to a temporary file in the same folder (same file system, so the final rename is
+atomic), are flushed to disk with fsync, and the temporary file then replaces the target with
+``os.replace``. On any error, the temporary file is removed and the target is left as it was.
+
+    atomic_write_text(run / "run.json", json.dumps(settings))
+    atomic_write_bytes(folder / "sae_weights.safetensors", blob)
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+__all__ = ["atomic_write_bytes", "atomic_write_text"]
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically; the folder must exist.
+
+        atomic_write_bytes("out/sae.safetensors", blob)
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically; the folder must exist.
+
+        atomic_write_text("runs/l6/run.json", json.dumps(settings, indent=2))
+    """
+    atomic_write_bytes(path, text.encode("utf-8"))
