@@ -1,8 +1,9 @@
 """SAELens's online trainer on our main job; run by ``bench/train.py`` inside ``.venv-saelens``.
 
 SAELens 6.x pins TransformerLens 3.x, whose ``HookedTransformer.from_pretrained`` refuses the
-embedded SmolLM2 (DESIGN.md), so the model is built from a ``HookedTransformerConfig`` plus TL's
-own llama weight conversion of our converted HF folder. Tokens come pre-tokenized from the
+embedded SmolLM2 (its config says quantized, and SmolLM2 is not on TL's model list), so the model
+is built from a ``HookedTransformerConfig`` plus TL's own llama weight conversion of our converted
+HF folder (it reproduces the HF model's loss exactly). Tokens come pre-tokenized from the
 caller, so both trainers see exactly the same 400k training tokens. Everything else is SAELens's
 default (lr 3e-4, no warm-up, constant schedule, 1,000-step dead window, its mixing buffer).
 
@@ -104,7 +105,7 @@ def main() -> None:
         exclude_special_tokens=True, device="cpu", seed=s["seed"], checkpoint_path=None, output_path=None,
         logger=sl.LoggingConfig(log_to_wandb=False), verbose=False,
         # SAELens sizes its mixing buffer as n_batches_in_buffer * context tokens (20 * 127 = 2,540),
-        # smaller than one 4,096-token batch, and refuses to start (DESIGN.md). 64
+        # smaller than one 4,096-token batch, and refuses to start with its default. 64
         # is the smallest power of two that holds two batches (8,128 tokens; it keeps half for mixing).
         n_batches_in_buffer=64,
     )
@@ -116,7 +117,7 @@ def main() -> None:
         runner = sl.LanguageModelSAETrainingRunner(cfg, override_model=model, override_dataset=dataset)
         saes = {archs[0]: runner.run()}
     else:
-        raise SystemExit("multi-SAE SAELens runs are not part of this bench (DESIGN.md quotes its figures)")
+        raise SystemExit("multi-SAE SAELens runs are not part of this bench; pass one --arch")
     train_s = time.perf_counter() - t0
     results.update(train_s=train_s, tokens=s["tokens"], tokens_per_s=s["tokens"] / train_s)
     eval_acts = job["eval_acts"].float()

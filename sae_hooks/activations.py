@@ -1,9 +1,10 @@
 """Activation batches from a live model: one stopped forward per token batch, every hook at once.
 
 The language model runs under ``torch.inference_mode`` and only up to the deepest requested hook
-(``adapter.capture(..., stop=True)``; DESIGN.md: ~5x faster at layer 6 of 30). Positions masked
-out by the token batch (position 0, the attention sink, and special tokens by default) are dropped
-here, and rows are cast to fp32 once: the SAE math stays fp32 whatever dtype the LM runs in.
+(``adapter.capture(..., stop=True)``: bitwise the same activations, ~5x faster at layer 6 of
+SmolLM2's 30 than the full forward). Positions masked out by the token batch (position 0, the
+attention sink, and special tokens by default) are dropped here, and rows are cast to fp32 once:
+the SAE math stays fp32 whatever dtype the LM runs in.
 
 Non-finite activations (an fp16 overflow, a broken checkpoint) are handled by ``nonfinite``:
 ``"skip"`` drops the affected rows (the same rows at every hook, so hooks stay aligned), counts

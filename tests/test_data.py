@@ -366,9 +366,9 @@ def test_stdlib_documents_lazily_and_split(tok):
     batches = list(iter_batches(counting, CorpusConfig(ctx=32, docs_per_chunk=8), 4, max_tokens=32 * 40))
     assert sum(b.input_ids.shape[0] for b in batches) == 40
     assert 0 < counting.chars < 1_000_000  # the stdlib holds ~12 M characters
-    from sae_hooks.data import _stdlib_doc_ids
+    from sae_hooks.data.sources import stdlib_doc_ids
 
-    ids = _stdlib_doc_ids()
+    ids = stdlib_doc_ids()
     assert ids == sorted(ids) and "os.py" in ids and "pydoc_data.topics:context-managers" in ids
     assert not [i for i in ids if {"test", "tests", "idle_test", "site-packages"} & set(i.split("/")[:-1])]
     assert "pydoc_data/topics.py" not in ids  # would duplicate every topic document across the split
