@@ -206,7 +206,9 @@ def test_evaluate_many_equals_one_at_a_time(tiny_hf, tokens):
     for m, s in zip(many, singles):
         assert m.hook == s.hook
         for k in KEYS:
-            assert getattr(m, k) == getattr(s, k), k
+            # Three SAEs' conditions stacked per head product against one SAE's: rows of other-shaped products,
+            # which may round differently on another CPU (the statistics are combined in float64).
+            assert getattr(m, k) == pytest.approx(getattr(s, k), rel=1e-6, abs=1e-9), k
     assert many[0].ce_clean == many[1].ce_clean
 
 
