@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import os
 import random
@@ -27,6 +28,8 @@ from sae_hooks.data import (
     make_mask,
     special_token_ids,
 )
+from sae_hooks.data.sources import read_stdlib_documents, stdlib_doc_ids
+from sae_hooks.data.split import in_split
 
 WORDS = ("the cat sat on a mat while dog ran far and wide into green field under blue sky "
          "one two three four five six seven eight nine ten").split()
@@ -109,6 +112,8 @@ def test_special_ids_include_added_tokens_flagged_special(tok):
     ({"ctx": 1}, "ctx"), ({"split": "test"}, "split"), ({"eval_fraction": 0.0}, "eval_fraction"),
     ({"exclude_first": 128}, "exclude_first"), ({"separator": "pad"}, "separator"),
     ({"source_kind": "web"}, "source_kind"), ({"txt_sample_by": "word"}, "txt_sample_by"),
+    ({"seed": 1.5}, "seed"), ({"seed": True}, "seed"), ({"shuffle_docs": 1}, "shuffle_docs"),
+    ({"split": "eval", "shuffle_docs": True}, "shuffle_docs"),
 ])
 def test_config_rejects_bad_fields_naming_them(kwargs, field):
     with pytest.raises(ValueError, match=field):
@@ -339,13 +344,157 @@ def test_train_eval_split_is_disjoint_complete_and_stable(tmp_path):
     assert set(iter_documents(CorpusConfig(source=src2, eval_fraction=0.1, split="eval"))) == set(evald)
 
 
-def test_shuffle_is_seeded_and_keeps_the_documents(tmp_path):
-    src = write_jsonl(tmp_path / "c.jsonl", make_docs(200))
+def test_split_all_is_every_document_in_file_order(tok, tmp_path):
+    docs = make_docs(120)
+    src = write_jsonl(tmp_path / "c.jsonl", docs)
+    # eval_fraction plays no part: every document, none hashed out
+    assert list(iter_documents(CorpusConfig(source=src, split="all", eval_fraction=0.5))) == docs
+    rows = all_rows(tok, CorpusConfig(source=src, ctx=16, split="all", eval_fraction=0.5))
+    assert rows.flatten().tolist() == packed(tok, docs)[: rows.numel()]
+
+
+def test_split_all_reads_exactly_the_rows_of_a_pretokenized_file(tok, tmp_path):
+    src, rows = write_ids_parquet(tmp_path / "held_out.parquet", 200, 16)
+    got = all_rows(tok, CorpusConfig(source=src, ctx=16, split="all"))
+    assert torch.equal(got, rows)  # all 200 rows, in file order
+    block = load_token_tensor(tok, CorpusConfig(source=src, ctx=16, split="all"), n_tokens=200 * 16)
+    assert torch.equal(block.input_ids, rows)
+    # The same file read as 'eval' holds only its hashed-out share; the error names the fix.
+    with pytest.raises(CorpusError, match=r"split 'eval' holds .* = \d+ sequences.*split='all' \(--split all"):
+        load_token_tensor(tok, CorpusConfig(source=src, ctx=16, split="eval"), n_tokens=200 * 16)
+    with pytest.raises(CorpusError, match=r"holds no documents.*split='all'"):
+        next(iter_batches(tok, CorpusConfig(source=write_jsonl(tmp_path / "one.jsonl", ["a"]), ctx=8,
+                                            split="eval"), 2))
+
+
+# ------------------------------------------------------------------------------------ shuffling
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as ids (offset by 3; ids 0-2 special): a packed row reads back as its text."""
+
+    all_special_ids = [0, 1, 2]
+    eos_token_id = 1
+    bos_token_id = 2
+
+    def __call__(self, texts, add_special_tokens=False, verbose=False):
+        return {"input_ids": [[b + 3 for b in t.encode("utf-8", "surrogatepass")] for t in texts]}
+
+    def decode(self, ids) -> bytes:
+        return bytes(int(i) - 3 for i in ids if i >= 3)
+
+
+def packed(tok, docs_in_order) -> list[int]:
+    """The token stream that packing these documents in this order must give: ids + EOS each."""
+    out: list[int] = []
+    for d in docs_in_order:
+        out += tok(d, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    return out
+
+
+def head(cfg: CorpusConfig, n: int, epoch: int = 0) -> list:
+    return list(itertools.islice(iter_documents(cfg, epoch), n))
+
+
+def test_shuffled_stdlib_stream_does_not_start_with_the_alphabetically_first_files():
+    byte_tok = ByteTokenizer()
+    plain_cfg = CorpusConfig(ctx=64, docs_per_chunk=2)
+    shuffled_cfg = CorpusConfig(ctx=64, docs_per_chunk=2, shuffle_docs=True, seed=0)
+    ids = [i for i in stdlib_doc_ids() if in_split(plain_cfg, i.encode())]
+    first_tenth = list(read_stdlib_documents(ids[: len(ids) // 10]))
+
+    plain = byte_tok.decode(next(iter_batches(byte_tok, plain_cfg, 4)).input_ids.flatten())
+    assert first_tenth[0].encode().startswith(plain) or plain.startswith(first_tenth[0].encode())
+
+    batch = next(iter_batches(byte_tok, shuffled_cfg, 4)).input_ids  # [4, 64]
+    first_docs = head(shuffled_cfg, int((batch == byte_tok.eos_token_id).sum()) + 1)  # documents it spans
+    text = byte_tok.decode(batch.flatten())
+    assert text[:200] == first_docs[0].encode()[:200]
+    assert not any(d in first_tenth for d in first_docs)
+
+
+def test_stdlib_order_is_a_function_of_seed_and_epoch():
+    def order(seed, epoch=0):
+        return head(CorpusConfig(shuffle_docs=True, seed=seed), 12, epoch)
+
+    assert order(0) == order(0) and order(5, 2) == order(5, 2)  # same (seed, epoch): same documents, same order
+    assert order(0) != order(1) and order(0) != order(0, 1)
+    assert order(1) != order(0, 1)  # seeds are not epochs shifted: seed 1 is not seed 0's second epoch
+    plain_cfg = CorpusConfig()
+    sorted_ids = [i for i in stdlib_doc_ids() if in_split(plain_cfg, i.encode())]
+    assert head(plain_cfg, 12) == list(read_stdlib_documents(sorted_ids[:12]))  # off: sorted by path, as always
+    shuffled = list(iter_documents(CorpusConfig(shuffle_docs=True, seed=0)))
+    assert sorted(shuffled) == sorted(read_stdlib_documents(sorted_ids))  # a permutation of the same split
+
+
+def test_shuffled_file_corpus_is_a_seeded_full_permutation(tmp_path):
+    docs = make_docs(200)
+    src = write_jsonl(tmp_path / "c.jsonl", docs)
     plain = list(iter_documents(CorpusConfig(source=src)))
     a = list(iter_documents(CorpusConfig(source=src, shuffle_docs=True, seed=1)))
     b = list(iter_documents(CorpusConfig(source=src, shuffle_docs=True, seed=1)))
     c = list(iter_documents(CorpusConfig(source=src, shuffle_docs=True, seed=2)))
-    assert a == b and a != plain and a != c and sorted(a) == sorted(plain) == sorted(c)
+    a1 = list(iter_documents(CorpusConfig(source=src, shuffle_docs=True, seed=1), epoch=1))
+    assert a == b and a != plain and a != c and a != a1
+    assert sorted(a) == sorted(plain) == sorted(c) == sorted(a1)
+    assert plain == [d for d in docs if d in set(plain)]  # off: file order
+    # A full permutation, not a local one: the last documents of the file can come first.
+    assert set(a[:20]) & set(plain[-50:])
+    # The held-out side is the same with or without shuffling the training side, and never in it.
+    evald = set(iter_documents(CorpusConfig(source=src, split="eval")))
+    assert evald and not evald & set(a)
+    src_ids, rows = write_ids_parquet(tmp_path / "ids.parquet", 100, 16)
+    ids_plain = list(iter_documents(CorpusConfig(source=src_ids, ctx=16)))
+    ids_shuffled = list(iter_documents(CorpusConfig(source=src_ids, ctx=16, shuffle_docs=True, seed=3)))
+    assert ids_shuffled != ids_plain and sorted(ids_shuffled) == sorted(ids_plain)
+    assert all(isinstance(r, list) and isinstance(r[0], int) for r in ids_shuffled)
+
+
+def test_shuffled_hf_dataset_uses_its_buffered_shuffle_per_seed_and_epoch(tmp_path):
+    docs = make_docs(120)
+    d = tmp_path / "hfdata"
+    d.mkdir()
+    write_jsonl(d / "train.jsonl", docs)
+
+    def order(epoch=0, **kw):
+        return list(iter_documents(CorpusConfig(source=str(d), source_kind="hf", **kw), epoch))
+
+    plain = order()
+    assert plain == [x for x in docs if x in set(plain)]
+    assert order(shuffle_docs=True, seed=4) == order(shuffle_docs=True, seed=4)
+    assert order(shuffle_docs=True, seed=4) != order(shuffle_docs=True, seed=5)
+    assert order(shuffle_docs=True, seed=4) != order(1, shuffle_docs=True, seed=4)
+    assert order(shuffle_docs=True, seed=4) != plain
+    assert sorted(order(shuffle_docs=True, seed=4, shuffle_buffer=8)) == sorted(plain)
+
+
+def test_cycling_reshuffles_every_epoch_and_packs_across_the_boundary(tok, tmp_path):
+    cfg = CorpusConfig(source=write_jsonl(tmp_path / "c.jsonl", make_docs(80)), ctx=8, shuffle_docs=True, seed=7)
+    epochs = [list(iter_documents(cfg, e)) for e in range(3)]
+    assert epochs[0] != epochs[1] != epochs[2] and sorted(epochs[0]) == sorted(epochs[1]) == sorted(epochs[2])
+    stream = packed(tok, epochs[0] + epochs[1] + epochs[2])
+    n = len(packed(tok, epochs[0])) * 2 // 8 + 3  # rows into the second epoch and beyond
+    rows = all_rows(tok, cfg, max_tokens=8 * n, cycle=True)
+    assert rows.shape == (n, 8) and rows.flatten().tolist() == stream[: 8 * n]
+
+
+@pytest.mark.parametrize("source", ["files", "stdlib"])
+def test_shuffled_resume_equals_the_uninterrupted_run(tok, tmp_path, source):
+    if source == "files":
+        tok_, cfg = tok, CorpusConfig(source=write_jsonl(tmp_path / "c.jsonl", make_docs(60)), ctx=8,
+                                      shuffle_docs=True, seed=11)
+        budget = 8 * 3 * all_rows(tok, cfg).shape[0]  # three epochs: the resume point lies in the second
+    else:
+        tok_, cfg = ByteTokenizer(), CorpusConfig(ctx=64, shuffle_docs=True, seed=11, docs_per_chunk=4)
+        budget = 64 * 240
+    total = budget // cfg.ctx
+    for world_size in (1, 2):
+        for rank in range(world_size):
+            run = all_rows(tok_, cfg, max_tokens=budget, cycle=True, rank=rank, world_size=world_size)
+            k = (total // world_size) // 2
+            resumed = all_rows(tok_, cfg, max_tokens=budget, cycle=True, rank=rank, world_size=world_size,
+                               skip_sequences=k * world_size)
+            assert run.shape[0] == total // world_size and torch.equal(resumed, run[k:])
 
 
 def test_stdlib_documents_lazily_and_split(tok):
@@ -366,8 +515,6 @@ def test_stdlib_documents_lazily_and_split(tok):
     batches = list(iter_batches(counting, CorpusConfig(ctx=32, docs_per_chunk=8), 4, max_tokens=32 * 40))
     assert sum(b.input_ids.shape[0] for b in batches) == 40
     assert 0 < counting.chars < 1_000_000  # the stdlib holds ~12 M characters
-    from sae_hooks.data.sources import stdlib_doc_ids
-
     ids = stdlib_doc_ids()
     assert ids == sorted(ids) and "os.py" in ids and "pydoc_data.topics:context-managers" in ids
     assert not [i for i in ids if {"test", "tests", "idle_test", "site-packages"} & set(i.split("/")[:-1])]
