@@ -2,7 +2,7 @@
 
 1. Cost: ``evaluate`` (clean, spliced, zero- and mean-ablated, plus FVU/L0) over N held-out tokens
    vs 4 plain forwards of the model over the same tokens; the ratio must be < 1 (the blocks below
-   the hook run once, DESIGN.md).
+   the hook run once; docs/benchmarks.md).
 2. Agreement: our zero-ablation recaptured score next to SAELens's own ``get_recons_loss`` on the
    same SAE and tokens (SAELens run in .venv-saelens via ``bench/saelens_eval.py``). SAELens ablates
    every position and splices all but its ignored (special) ids, so ours is also shown with that

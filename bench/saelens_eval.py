@@ -2,7 +2,7 @@
 
 Called by ``bench/eval.py`` as a subprocess: loads the SAE folder with ``sae_lens.SAE.load_from_disk``,
 builds SmolLM2 as a TransformerLens 3.x ``HookedTransformer`` (config + TL's llama weight
-conversion; ``from_pretrained`` refuses this model, DESIGN.md), runs ``sae_lens.evals.get_recons_loss``
+conversion; ``from_pretrained`` refuses this model, whose config says quantized), runs ``sae_lens.evals.get_recons_loss``
 over the tokens in batches and aggregates exactly as ``get_downstream_reconstruction_metrics`` does.
 
     .venv-saelens/bin/python bench/saelens_eval.py --sae DIR --tokens ids.pt --model-dir DIR --out res.json

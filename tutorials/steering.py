@@ -9,7 +9,7 @@ prompts at three edit strengths (a doubling ladder), counts the promoted tokens 
 against the unsteered baseline, and measures the side effects on held-out text.
 
     python tutorials/steering.py                          # trains (or reuses) the SAE, prints everything
-    python tutorials/steering.py --run /tmp/steer_sae28   # reuse a `sae-hooks train` run folder
+    python tutorials/steering.py --run runs/steer_l28     # reuse a `sae-hooks train` run folder
     python tutorials/steering.py --choose reads           # the latent that fires on " error" instead
 """
 
@@ -26,7 +26,6 @@ from sae_hooks import load_model
 from sae_hooks.cli import main as sae_hooks_cli
 from sae_hooks.data import CorpusConfig, iter_batches, load_token_tensor
 from sae_hooks.features import harvest, latents_for_text, logit_effects
-from sae_hooks.models import cache_root
 from sae_hooks.sae import load_sae
 from sae_hooks.steer import generate, side_effects, steer
 
@@ -105,7 +104,8 @@ def which_promoted(gens: list, promoted: set[int], tok) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--run", default=str(cache_root() / "tutorial_steer_resid_post28"), help="sae-hooks train run folder")
+    p.add_argument("--run", default="runs/steer_l28",
+                   help="sae-hooks train run folder (trained there if it holds no SAE yet)")
     p.add_argument("--word", default=" error")
     p.add_argument("--choose", default="writes", choices=["writes", "reads"],
                    help="writes: the latent whose read-out singles out --word; reads: the latent firing most on it")
