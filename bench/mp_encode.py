@@ -1,8 +1,8 @@
 """Benchmark: our matching-pursuit encoder against SAELens's reference, side by side.
 
-Config (DESIGN.md): k=32 fixed steps, batch 4096, d_in 576, d_sae 4608, unit-norm random
-dictionary, ReLU selection, 2 threads; median of --repeats runs. Needs sae_lens, so run
-it with the second venv (our package importable via `pip install --no-deps -e .`):
+Config (the SAELens anchor's MP encoder, docs/design.md): k=32 fixed steps, batch 4096, d_in 576,
+d_sae 4608, unit-norm random dictionary, ReLU selection, 2 threads; median of --repeats runs. Needs
+sae_lens, so run it with the second venv (our package importable via `pip install --no-deps -e .`):
 
     .venv-saelens/bin/python bench/mp_encode.py
 
