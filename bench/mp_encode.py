@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sae_hooks.sae import make_sae  # noqa: E402
-from sae_hooks.sae.mp import matching_pursuit, padded_gram  # noqa: E402
+from sae_hooks.sae.pursuit import matching_pursuit, padded_gram  # noqa: E402
 
 
 def _median_time(fn, repeats: int) -> tuple[float, object]:
@@ -58,7 +58,7 @@ def train_step(args: argparse.Namespace) -> None:
             t3 = time.perf_counter()
             opt.step()
             opt.zero_grad(set_to_none=True)
-            sae.after_step()
+            sae.after_step(out)
             t4 = time.perf_counter()
             rows.append([t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0])
         return [statistics.median(col) for col in zip(*rows[1:])]

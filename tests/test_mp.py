@@ -5,7 +5,7 @@ import torch
 
 from sae_hooks._native import NATIVE_ENV, load_kernel
 from sae_hooks.sae import make_sae
-from sae_hooks.sae.mp import matching_pursuit, padded_gram
+from sae_hooks.sae.pursuit import matching_pursuit, padded_gram
 
 
 @pytest.fixture(autouse=True, params=["native", "torch"])
@@ -124,7 +124,7 @@ def test_training_runs_fixed_k_and_renormalises():
     assert float(out.l0) > 1
     out.loss.backward()
     torch.optim.SGD(sae.parameters(), lr=0.1).step()
-    sae.after_step()
+    sae.after_step(out)
     assert torch.allclose(sae.W_dec.norm(dim=-1), torch.ones(96), atol=1e-6)
     assert sae.gram() is not None  # rebuilt for the new dictionary
     assert torch.allclose(sae.gram()[:, :96], sae.W_dec @ sae.W_dec.T, atol=1e-6)
@@ -214,9 +214,9 @@ def test_residual_reaching_zero_stays_cheap_and_close():
 
 @pytest.mark.parametrize("stop", [{}, {"residual_threshold": 2.5}, {"stop_on_duplicate_support": True}])
 def test_row_shards_in_threads_equal_one_thread(monkeypatch, stop):
-    import sae_hooks.sae.mp as mp
+    import sae_hooks.sae.pursuit as pursuit
 
-    monkeypatch.setattr(mp, "_CHUNK", 16)  # 100 rows: 7 chunks over 2 thread shards
+    monkeypatch.setattr(pursuit, "_CHUNK", 16)  # 100 rows: 7 chunks over 2 thread shards
     D, x = _setup(8, n=100)
     gram = padded_gram(D)
     one = matching_pursuit(x, D, 12, gram=gram, **stop)
@@ -238,9 +238,9 @@ def test_row_shards_in_threads_equal_one_thread(monkeypatch, stop):
 
 def test_thread_shards_under_inference_mode(monkeypatch):
     """The live stream and evaluation run under torch.inference_mode, which is per thread like grad mode."""
-    import sae_hooks.sae.mp as mp
+    import sae_hooks.sae.pursuit as pursuit
 
-    monkeypatch.setattr(mp, "_CHUNK", 16)
+    monkeypatch.setattr(pursuit, "_CHUNK", 16)
     D, x = _setup(8, n=100)
     torch.set_num_threads(2)
     ref = matching_pursuit(x, D, 12, gram=padded_gram(D))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import sae_hooks._native as native
-from sae_hooks.sae.mp import matching_pursuit, padded_gram
+from sae_hooks.sae.pursuit import matching_pursuit, padded_gram
 
 needs_kernel = pytest.mark.skipif(native.load_kernel("mp_kernel") is None, reason="no C compiler here")
 

@@ -162,7 +162,7 @@ def test_batchtopk_inference_l0_close_to_k_on_heldout():
         opt = torch.optim.Adam(sae.parameters(), lr=3e-3)
         for step in range(60):  # a short run: where SAELens's EMA threshold fails
             out = sae.training_loss(data(256, step))
-            opt.zero_grad(); out.loss.backward(); opt.step(); sae.after_step()
+            opt.zero_grad(); out.loss.backward(); opt.step(); sae.after_step(out)
             assert abs(float(out.l0) - k) < 1e-6 or float(out.l0) <= k
         held = data(2048, 12345)
         l0 = (sae.encode(held) != 0).sum(-1).float().mean().item()
@@ -200,7 +200,7 @@ def test_one_training_step_lowers_loss_and_after_step(arch):
     for _ in range(5):
         out = sae.training_loss(x)
         first = first if first is not None else float(out.loss.detach())
-        opt.zero_grad(); out.loss.backward(); opt.step(); sae.after_step()
+        opt.zero_grad(); out.loss.backward(); opt.step(); sae.after_step(out)
     assert float(sae.training_loss(x).loss.detach()) < first
     assert out.fired.dtype == torch.bool and out.fired.shape == (D_SAE,)
     if arch in ("topk", "batchtopk", "matryoshka", "matching_pursuit"):
@@ -518,3 +518,50 @@ def test_parse_sae_spec_errors_name_the_option_and_the_valid_ones(text, message)
 
     with pytest.raises(ValueError, match=message):
         parse_sae_spec(text)
+
+
+@pytest.mark.parametrize("arch", ["batchtopk", "matryoshka"])
+def test_batchtopk_threshold_update_travels_in_the_train_loss(arch):
+    sae = _sae(arch)
+    out = sae.training_loss(_x(0))
+    assert out.batch_threshold is not None and out.batch_threshold.ndim == 0
+    with pytest.raises(ValueError, match=r"after_step needs the step's training_loss result.*after_step\(out\)"):
+        sae.after_step()
+    before = sae.threshold
+    sae.after_step(out)
+    d = sae.cfg.threshold_decay  # bias-corrected running mean, started from set_threshold(0.3)
+    assert sae.threshold == pytest.approx((d * 0.3 + float(out.batch_threshold)) / (d + 1))
+    assert sae.threshold != before
+    assert not any(name.startswith("_pending") for name in vars(sae))
+    assert _sae("topk").training_loss(_x(0)).batch_threshold is None
+
+
+def test_inference_variant_names_what_each_architecture_takes():
+    from sae_hooks.sae import InferenceVariant
+
+    mat, mp, top = _sae("matryoshka"), _sae("matching_pursuit"), _sae("topk")
+    small, kw = mat.inference_variant(width=64)
+    assert small.cfg.d_sae == 64 and small.cfg.widths == (16, 64) and kw == {}
+    assert torch.equal(small.W_dec, mat.W_dec[:64])
+    view = mp.inference_variant(k=3, residual_threshold=0.5)
+    assert isinstance(view, InferenceVariant) and view.sae is mp
+    assert view.encode_kwargs == {"k": 3, "residual_threshold": 0.5}
+    assert torch.equal(view.sae.encode(_x(1), **view.encode_kwargs), mp.encode(_x(1), k=3, residual_threshold=0.5))
+    assert top.inference_variant() == (top, {})
+    with pytest.raises(ValueError, match="k=4 is an inference option of matching-pursuit SAEs; this SAE is 'topk'"):
+        top.inference_variant(k=4)
+    with pytest.raises(ValueError, match="width=4 selects a Matryoshka prefix, but this SAE is 'matching_pursuit'"):
+        mp.inference_variant(width=4)
+    with pytest.raises(ValueError, match="residual_threshold"):
+        mat.inference_variant(width=64, residual_threshold=0.1)
+
+
+@pytest.mark.parametrize("arch", sorted(KW))
+def test_restore_checks_the_tensors_of_the_saelens_view(arch):
+    sae = _sae(arch)
+    _, tensors = sae.saelens_view()
+    back = type(sae).restore(sae.cfg, tensors, state=sae.extra_state(), where="here")
+    x = _x(3)
+    assert torch.equal(back.encode(x), sae.encode(x))
+    with pytest.raises(ValueError, match=r"'here': expected tensors .* missing \['W_dec'\]"):
+        type(sae).restore(sae.cfg, {k: v for k, v in tensors.items() if k != "W_dec"}, where="here")

@@ -10,21 +10,29 @@ Evaluation entry points:
 - matching pursuit: `sae.encode(x, k=K, residual_threshold=eps)` (or `sae.pursue(...)`
   for per-step values and residual norms) evaluates at any inference k / threshold.
 - Matryoshka: `sae.prefix(width)` is the SAE made of the first `width` latents.
+- `view, kw = sae.inference_variant(width=..., k=..., residual_threshold=...)` gives either of
+  the last two (or a clear error for an architecture without that setting).
+
+Modules: `base` (the SAE base class), one module per architecture (`standard`, `topk`,
+`jumprelu`, `matryoshka`, `mp` with its pursuit engine `pursuit` and C glue `mp_native`),
+`sparse` (sparse training kernels), `registry` (the architecture table, `make_sae`, run options,
+CLI specs), `layout` (folder bytes) and `formats` (matching folders to classes, `load_sae`).
 """
 
 from __future__ import annotations
 
-from .base import SAE, SAEConfig, SAEOutput, TrainLoss, check_input
+from .base import SAE, InferenceVariant, SAEConfig, SAEOutput, TrainLoss, check_input
 from .formats import load_sae, save_saelens, save_sparsify
 from .jumprelu import JumpReLUConfig, JumpReLUSAE
 from .matryoshka import MatryoshkaConfig, MatryoshkaSAE
-from .mp import MPConfig, MPResult, MPSAE, matching_pursuit
+from .mp import MPConfig, MPSAE
+from .pursuit import MPResult, matching_pursuit
 from .registry import ARCHITECTURES, SAESpec, architecture_class, make_sae, parse_sae_spec, train_options
 from .standard import StandardConfig, StandardSAE
 from .topk import BatchTopKConfig, BatchTopKSAE, TopKConfig, TopKSAE
 
 __all__ = [
-    "ARCHITECTURES", "SAE", "SAEConfig", "SAEOutput", "SAESpec", "TrainLoss", "MPResult",
+    "ARCHITECTURES", "SAE", "SAEConfig", "SAEOutput", "SAESpec", "TrainLoss", "InferenceVariant", "MPResult",
     "StandardSAE", "TopKSAE", "BatchTopKSAE", "JumpReLUSAE", "MatryoshkaSAE", "MPSAE",
     "StandardConfig", "TopKConfig", "BatchTopKConfig", "JumpReLUConfig",
     "MatryoshkaConfig", "MPConfig",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import os
 import types
 import typing
 from collections.abc import Mapping
@@ -23,12 +24,16 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
+from .layout import check_tensors, write_saelens
+
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "float64": torch.float64,
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
 }
+"""Parameter dtypes by the names configs and cfg.json files use (SAELens's names)."""
+DTYPE_NAMES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,15 @@ class SAEConfig:
         return out
 
 
+class InferenceVariant(NamedTuple):
+    """What ``sae.inference_variant(...)`` returns: the SAE to run and the options its encode takes."""
+
+    sae: "SAE"
+    """The SAE to evaluate (the SAE itself, or e.g. a Matryoshka prefix)."""
+    encode_kwargs: dict[str, Any]
+    """Keyword arguments for ``sae.encode`` (e.g. a matching-pursuit ``k``); empty for most."""
+
+
 class SAEOutput(NamedTuple):
     """What `sae(x)` returns."""
 
@@ -92,6 +106,9 @@ class TrainLoss(NamedTuple):
     """Bool [d_sae]: latents that were non-zero on at least one token of the batch."""
     l0: Tensor
     """Mean number of non-zero latents per token (detached scalar)."""
+    batch_threshold: Tensor | None = None
+    """BatchTopK family: the smallest pre-activation this batch's selection kept, which
+    ``after_step(loss)`` folds into the inference threshold; None for other architectures."""
 
 
 def check_input(x: Tensor, d_in: int, what: str = "x") -> None:
@@ -182,7 +199,8 @@ class _MSEPerToken(torch.autograd.Function):
 
 
 def geometric_median(points: Float[Tensor, "N d"], iters: int = 30) -> Float[Tensor, " d"]:
-    """Weiszfeld iterations; robust to the outlier tokens the DESIGN notes warn about.
+    """Weiszfeld iterations; robust to outlier tokens (e.g. an attention-sink position whose
+    residual norm is orders of magnitude above the others), which drag a mean far off.
 
         b = geometric_median(x_sample)
     """
@@ -382,14 +400,48 @@ class SAE(nn.Module, abc.ABC):
         z = self.encode(x)
         return SAEOutput(self.decode(z), z)
 
+    encode_options: ClassVar[tuple[str, ...]] = ()
+    """Inference options ``encode`` takes as keyword arguments (matching pursuit: k, residual_threshold)."""
+
+    def inference_variant(
+        self, *, width: int | None = None, k: int | None = None, residual_threshold: float | None = None,
+    ) -> InferenceVariant:
+        """The SAE at other inference settings: a nested-prefix ``width`` (Matryoshka), a pursuit ``k`` or
+        ``residual_threshold`` (matching pursuit); None leaves a setting as it is. A ValueError names
+        any setting this architecture does not have.
+
+            view, kw = mp_sae.inference_variant(k=16)         # kw == {"k": 16}
+            z = view.encode(x, **kw)
+        """
+        if width is not None:
+            raise ValueError(
+                f"width={width} selects a Matryoshka prefix, but this SAE is {self.architecture!r}, which has no "
+                "nested prefixes. Drop --width, or prune it (sae.pruned(indices))."
+            )
+        kw: dict[str, Any] = {}
+        for name, value in (("k", k), ("residual_threshold", residual_threshold)):
+            if value is None:
+                continue
+            if name not in self.encode_options:
+                raise ValueError(
+                    f"{name}={value} is an inference option of matching-pursuit SAEs; this SAE is "
+                    f"{self.architecture!r}, whose encode takes no {name!r}. Drop the option."
+                )
+            kw[name] = value
+        return InferenceVariant(self, kw)
+
     @abc.abstractmethod
     def training_loss(
         self, x: Float[Tensor, "B d_in"], dead_mask: Bool[Tensor, " d_sae"] | None = None
     ) -> TrainLoss:
         """Loss of one training batch, its parts, x_hat, the fired latents and L0 (see TrainLoss)."""
 
-    def after_step(self) -> None:
-        """Called by the trainer after `opt.step()`; decoder renorm etc. No-op here."""
+    def after_step(self, loss: TrainLoss | None = None) -> None:
+        """Called by the trainer after `opt.step()` with the step's `training_loss` result: decoder
+        renorm, running statistics. No-op here.
+
+            out = sae.training_loss(x); out.loss.backward(); opt.step(); sae.after_step(out)
+        """
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:
@@ -451,26 +503,100 @@ class SAE(nn.Module, abc.ABC):
     def _copy_extra_pruned(self, new: "SAE", idx: Tensor) -> None:
         pass
 
-    def save(self, path: str, metadata: dict[str, Any] | None = None) -> None:
-        """Write the SAELens v6 layout (cfg.json + sae_weights.safetensors), atomically.
+    def save(self, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> None:
+        """Write the SAELens v6 layout (cfg.json + sae_weights.safetensors), atomically; our own
+        config and extra state go under ``metadata.sae_hooks``, so the folder loads back as this class.
 
             sae.save("runs/l6_topk", metadata={"hook_name": "blocks.6.hook_resid_post"})
         """
-        from .formats import save_saelens
+        arch_cfg, tensors = self.saelens_view()
+        write_saelens(
+            path, d_in=self.cfg.d_in, d_sae=self.cfg.d_sae, dtype=self.cfg.dtype,
+            apply_b_dec_to_input=self.cfg.apply_b_dec_to_input, arch_cfg=arch_cfg, tensors=tensors,
+            metadata={**self.metadata, **(metadata or {})},
+            ours={"architecture": self.architecture, "config": self.cfg.to_dict(), "state": self.extra_state()},
+        )
 
-        save_saelens(self, path, metadata=metadata)
+    # ---- the on-disk mappings (formats.py matches folders to classes) ----------------------
 
-    # ---- hooks for formats.py --------------------------------------------------------
+    saelens_architecture: ClassVar[str | None] = None
+    """The SAELens ``architecture`` this class reads from a SAELens folder (None: none). A class may
+    write another one in ``saelens_view`` (BatchTopK saves as the JumpReLU it is at inference)."""
 
     @abc.abstractmethod
     def saelens_view(self) -> tuple[dict[str, Any], dict[str, Tensor]]:
         """(SAELens cfg fields, tensors) for inference-equivalent loading by sae_lens."""
 
+    @classmethod
+    def saelens_options(cls, cfg: Mapping[str, Any]) -> dict[str, Any]:
+        """This architecture's config fields from a SAELens cfg.json (the inverse of the cfg part of
+        ``saelens_view``). None here."""
+        return {}
+
+    @torch.no_grad()
+    def load_saelens_tensors(self, tensors: Mapping[str, Tensor]) -> None:
+        """Copy in tensors named and shaped as ``saelens_view`` gives them (the inverse of its tensor part)."""
+        for name in ("W_dec", "b_dec") if self.tied else ("W_enc", "b_enc", "W_dec", "b_dec"):
+            getattr(self, name).copy_(tensors[name])
+
+    @classmethod
+    def restore(
+        cls, cfg: SAEConfig, tensors: Mapping[str, Tensor], *, metadata: dict[str, Any] | None = None,
+        state: Mapping[str, Any] | None = None, where: str = "tensors",
+    ) -> "SAE":
+        """An SAE of config ``cfg`` holding ``tensors`` (exactly those of its ``saelens_view``, in those
+        shapes; a ValueError naming ``where`` otherwise) and its ``extra_state``.
+
+            sae = TopKSAE.restore(TopKConfig(d_in=8, d_sae=16, k=2), tensors)
+        """
+        sae = cls(cfg, metadata=metadata)
+        check_tensors(where, tensors, {name: tuple(t.shape) for name, t in sae.saelens_view()[1].items()})
+        sae.load_saelens_tensors(tensors)
+        sae.load_extra_state(state or {})
+        return sae
+
+    @classmethod
+    def from_saelens(
+        cls, cfg: Mapping[str, Any], tensors: Mapping[str, Tensor], *, metadata: dict[str, Any] | None = None,
+        where: str = "cfg.json",
+    ) -> "SAE":
+        """An SAE from a SAELens cfg.json and its tensors: the inverse of ``saelens_view``.
+
+            sae = TopKSAE.from_saelens(json.load(open("cfg.json")), load_file("sae_weights.safetensors"))
+        """
+        for key in ("d_in", "d_sae"):
+            if isinstance(cfg.get(key), bool) or not isinstance(cfg.get(key), int):
+                raise ValueError(f"{where!r}: cfg.json needs an int {key!r}; got {cfg.get(key)!r}.")
+        dtype = str(cfg.get("dtype", "float32")).removeprefix("torch.")
+        if dtype not in DTYPES:
+            raise ValueError(f"{where!r}: dtype {dtype!r} not in {sorted(DTYPES)}.")
+        fields = {"d_in": cfg["d_in"], "d_sae": cfg["d_sae"], "dtype": dtype,
+                  "apply_b_dec_to_input": bool(cfg.get("apply_b_dec_to_input", True)), **cls.saelens_options(cfg)}
+        return cls.restore(cls.config_class(**fields), tensors, metadata=metadata, where=where)
+
+    sparsify_activation: ClassVar[str | None] = None
+    """The sparsify ``activation`` this class reads and writes (None: no sparsify layout)."""
+
+    def sparsify_view(self) -> tuple[dict[str, Any], dict[str, Tensor]]:
+        """(sparsify cfg.json, tensors) of this SAE; only architectures with a sparsify layout have one."""
+        raise ValueError(
+            f"sparsify folders hold TopK SAEs only; got {self.architecture!r}. "
+            "Use sae.save(path) for the SAELens layout instead."
+        )
+
+    @classmethod
+    def from_sparsify(
+        cls, cfg: Mapping[str, Any], tensors: Mapping[str, Tensor], *, metadata: dict[str, Any] | None = None,
+        where: str = "sae.safetensors",
+    ) -> "SAE":
+        """An SAE from a sparsify cfg.json and its tensors: the inverse of ``sparsify_view``."""
+        raise ValueError(f"{where!r}: {cls.architecture!r} SAEs have no sparsify layout.")
+
     def extra_state(self) -> dict[str, Any]:
         """JSON-able state that is not a SAELens tensor (kept under metadata.sae_hooks)."""
         return {}
 
-    def load_extra_state(self, state: dict[str, Any]) -> None:
+    def load_extra_state(self, state: Mapping[str, Any]) -> None:
         pass
 
     def extra_repr(self) -> str:

@@ -11,6 +11,7 @@ the paper's straight-through estimators with a rectangle kernel K of width ε =
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -94,6 +95,7 @@ class JumpReLUSAE(SAE):
 
     architecture: ClassVar[str] = "jumprelu"
     config_class: ClassVar[type[SAEConfig]] = JumpReLUConfig
+    saelens_architecture: ClassVar[str | None] = "jumprelu"
     cfg: JumpReLUConfig
 
     def __init__(self, cfg: SAEConfig, metadata: dict[str, Any] | None = None):
@@ -149,3 +151,7 @@ class JumpReLUSAE(SAE):
         return {"architecture": "jumprelu"}, {
             "W_enc": self.W_enc, "b_enc": self.b_enc, "W_dec": self.W_dec,
             "b_dec": self.b_dec, "threshold": self.threshold.detach()}
+
+    def load_saelens_tensors(self, tensors: Mapping[str, Tensor]) -> None:
+        super().load_saelens_tensors(tensors)
+        self.set_threshold(tensors["threshold"])

@@ -19,7 +19,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from .base import SAEConfig, TrainLoss
+from .base import SAE, InferenceVariant, SAEConfig, TrainLoss
 from .sparse import decode_grads, decode_rows, dense_codes, stable_argsort, table_dtype
 from .topk import BatchTopKConfig, BatchTopKSAE
 
@@ -93,6 +93,16 @@ class MatryoshkaSAE(BatchTopKSAE):
         pruned.cfg = replace(pruned.cfg, widths=widths)
         return pruned
 
+    def inference_variant(
+        self, *, width: int | None = None, k: int | None = None, residual_threshold: float | None = None,
+    ) -> InferenceVariant:
+        """The prefix of ``width`` latents (see ``prefix``), or the SAE itself when None.
+
+            small, kw = sae.inference_variant(width=1152)
+        """
+        sae = self if width is None else self.prefix(width)
+        return SAE.inference_variant(sae, k=k, residual_threshold=residual_threshold)
+
     def training_loss(
         self,
         x: Float[Tensor, "B d_in"],
@@ -104,26 +114,27 @@ class MatryoshkaSAE(BatchTopKSAE):
 
             out = sae.training_loss(x, dead_mask); out.loss.backward()
         """
-        f = self._encode_active(x, dead_mask, sparse)
-        x = f["x"]
+        codes = self._encode_active(x, dead_mask, sparse)
+        x, main = codes.x, codes.main
+        residual = None
         if sparse:  # prefix s reconstructs x − b_dec from latents [0, widths[s])
             with torch.no_grad():
-                target = f["sae_in"] if self.cfg.apply_b_dec_to_input else x - self.b_dec
-            mses, residual = _PrefixMSE.apply(f["rows"], f["cols"], f["vals"], self.W_dec, x, self.b_dec, target,
+                target = codes.sae_in if self.cfg.apply_b_dec_to_input else x - self.b_dec
+            mses, residual = _PrefixMSE.apply(main.rows, main.cols, codes.vals, self.W_dec, x, self.b_dec, target,
                                               (0,) + self.cfg.widths)
-            f["x_hat"], f["residual"] = x - residual, residual
+            x_hat = x - residual
         else:  # the dense reference: one product per segment, then cumulative sums
             n, bounds = x.shape[0], (0,) + self.cfg.widths
-            z = dense_codes(f["rows"], f["cols"], f["vals"], n, self.cfg.d_sae)  # [B, d_sae]
+            z = dense_codes(main.rows, main.cols, codes.vals, n, self.cfg.d_sae)  # [B, d_sae]
             segments = torch.stack([z[:, lo:hi] @ self.W_dec[lo:hi] for lo, hi in zip(bounds, bounds[1:])])
             x_hats = segments.cumsum(0) + self.b_dec  # [S, B, d_in]
             mses = (x_hats - x).pow(2).sum(-1).mean(1)  # [S]
-            f["x_hat"] = x_hats[-1]
+            x_hat = x_hats[-1]
         parts: dict[str, Tensor] = {f"mse_w{w}": m for w, m in zip(self.cfg.widths, mses.detach().unbind())}
         recon = mses.mean() if self.cfg.prefix_loss == "mean" else mses.sum()
         parts["mse"] = mses[-1].detach()
-        aux = self._auxk(f, sparse)
-        return self._finish(f, recon, parts, aux)
+        aux = self._auxk(codes, x_hat, sparse, residual)
+        return self._finish(codes, x_hat, recon, parts, aux)
 
 
 class _PrefixMSE(torch.autograd.Function):

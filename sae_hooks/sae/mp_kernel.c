@@ -11,14 +11,14 @@
  * 78-85 ms four at a time with the runner-up tracked. Rows are independent; the caller runs
  * shards of rows in parallel threads (this file uses no threads of its own).
  *
- * Semantics are those of sae_hooks/sae/mp.py `_pursue_rows` (the PyTorch path):
+ * Semantics are those of sae_hooks/sae/pursuit.py `_pursue_rows` (the PyTorch path):
  *   j = first index of max c (c = D r kept up to date with Gram rows; ReLU never changes the
  *       argmax unless every c <= 0, where v = 0 anyway);
  *   if another entry is within `tol` of the maximum (Gram drift could have swapped them), the
  *       choice is redone from the exact dots <r, D_i> of the entries in that band (first best
  *       wins); past `band_max` entries the row's correlations are recomputed exactly as D r and
  *       its tol restarts at tie_tol * ||r||;
- *   v = max(0, <r, D_j>); r -= v D_j; stopping rules as in mp.py.
+ *   v = max(0, <r, D_j>); r -= v D_j; stopping rules as in pursuit.py.
  * Built three times by the macro below: float (f32), double (f64), and float with a bf16 Gram
  * matrix (f32_bf16gram, training under bf16 autocast).
  */
@@ -323,7 +323,7 @@ static inline void prefetch_row(const void *p, size_t bytes, int rw) {
     }
 }
 
-/* Gradient of the pursuit with its choices held fixed (see _PursuitValues in mp.py), per token:
+/* Gradient of the pursuit with its choices held fixed (see _PursuitValues in pursuit.py), per token:
  *   R_t = r_{t-1}, the residual before step t (R_0 = r0, R_{t+1} = R_t - v_t a_t);
  *   rho = dL/dr_t, from g_r backwards: w_t = [v_t > 0] (g_v[t] - <rho, a_t>),
  *   dL/da_t = -v_t rho + w_t R_t, then rho += w_t a_t; finally dL/dr0 = rho.

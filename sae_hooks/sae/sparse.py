@@ -3,7 +3,7 @@
 Measured on the 2-core CPU (batch 4096, 576 -> 4608, k 32): the dense encoder product
 takes ~0.2 s; a dense decoder product and each dense backward product cost as much again.
 With only B·k active entries, the decoder and both encoder backward products shrink to
-O(B·k·d_in) work, so a TopK step pays for one dense product only (DESIGN.md, "the limit").
+O(B·k·d_in) work, so a TopK step pays for one dense product only.
 
 Active entries are given as flat COO triples sorted by token: `rows` (token index),
 `cols` (latent index), one value each.

@@ -41,6 +41,7 @@ class StandardSAE(SAE):
 
     architecture: ClassVar[str] = "standard"
     config_class: ClassVar[type[SAEConfig]] = StandardConfig
+    saelens_architecture: ClassVar[str | None] = "standard"
     cfg: StandardConfig
 
     @classmethod

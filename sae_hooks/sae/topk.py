@@ -11,14 +11,16 @@ check that both give the same loss and gradients.
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from .base import SAE, SAEConfig, TrainLoss, check_input, mse_per_token
+from .base import DTYPE_NAMES, SAE, SAEConfig, TrainLoss, check_input, mse_per_token
+from .layout import check_tensors
 from .sparse import dense_codes, gather_pre, sparse_decode, table_dtype, topk_batch, topk_per_row
 
 
@@ -56,6 +58,47 @@ def _check_k(k: Any, d_sae: int, name: str) -> None:
             f"{name} must be an int in [1, d_sae={d_sae}]; got {k!r}. "
             f"Lower {name} or raise d_sae."
         )
+
+
+class Selection(NamedTuple):
+    """The active entries a TopK-family selection keeps, as COO pairs sorted by row."""
+
+    rows: Tensor
+    """Token index of each entry."""
+    cols: Tensor
+    """Latent index of each entry."""
+    threshold: Tensor | None
+    """BatchTopK: the smallest pre-activation the batch-level selection kept (0-dim); None for TopK."""
+
+
+class AuxSelection(NamedTuple):
+    """AuxK's entries: each token's top aux_k dead latents with pre > 0, sorted by row."""
+
+    rows: Tensor
+    cols: Tensor
+    pre: Tensor
+    """Their pre-activations (no gradient)."""
+    scale: float | None
+    """Weight of the AuxK loss; None = no AuxK term (no dead latent)."""
+
+
+class ActiveCodes(NamedTuple):
+    """One training batch through the encoder: inputs, the selections and their differentiable values."""
+
+    x: Tensor
+    """The batch [B, d_in], in the parameters' dtype."""
+    sae_in: Tensor
+    """x − b_dec (x without apply_b_dec_to_input) [B, d_in]."""
+    pre: Tensor
+    """Encoder pre-activations [B, d_sae] (no gradient on the sparse path)."""
+    main: Selection
+    """The active latents."""
+    vals: Tensor
+    """Their values ReLU(pre) [nnz], differentiable."""
+    aux: AuxSelection
+    """AuxK's dead latents."""
+    aux_vals: Tensor
+    """Their values ReLU(pre), differentiable."""
 
 
 class _TopKFamily(SAE):
@@ -98,17 +141,17 @@ class _TopKFamily(SAE):
         """The run's k (``l1_coef`` does not apply: exactly k latents are kept)."""
         return {"k": k}
 
-    def after_step(self) -> None:
+    def after_step(self, loss: TrainLoss | None = None) -> None:
         self.normalize_decoder()
 
     def _arch_kwargs_for_pruned(self, m: int) -> dict[str, Any]:
         return {"k": min(self.cfg.k, m)}
 
     @abc.abstractmethod
-    def _select(self, pre: Tensor) -> tuple[Tensor, Tensor]:
-        """(rows, cols) of the active entries, sorted by row. Runs under no_grad."""
+    def _select(self, pre: Tensor) -> Selection:
+        """The active entries, sorted by row. Runs under no_grad."""
 
-    def _encode_active(self, x: Tensor, dead_mask: Tensor | None, sparse: bool) -> dict[str, Tensor]:
+    def _encode_active(self, x: Tensor, dead_mask: Tensor | None, sparse: bool) -> ActiveCodes:
         """Shared training encoder: pre-activations, the selections and their differentiable values.
 
         The main selection (`_select`) and AuxK's (`_aux_select`) share one value gather, so the
@@ -127,12 +170,13 @@ class _TopKFamily(SAE):
         else:
             sae_in = x - self.b_dec if self.cfg.apply_b_dec_to_input else x
             pre = sae_in @ self.W_enc + self.b_enc
-        rows, cols = self._select(pre.detach())
-        aux_rows, aux_cols, aux_pre, aux_scale = self._aux_select(pre.detach(), sae_in.detach(), dead_mask)
-        all_rows, all_cols = torch.cat([rows, aux_rows]), torch.cat([cols, aux_cols])
+        main = self._select(pre.detach())
+        rows, cols = main.rows, main.cols
+        aux = self._aux_select(pre.detach(), sae_in.detach(), dead_mask)
+        all_rows, all_cols = torch.cat([rows, aux.rows]), torch.cat([cols, aux.cols])
         if sparse:
             b_dec = self.b_dec if self.cfg.apply_b_dec_to_input else None
-            pre_vals = torch.cat([pre[rows, cols], aux_pre])
+            pre_vals = torch.cat([pre[rows, cols], aux.pre])
             # The backward gathers sae_in's rows in `table_dtype` (bf16 under bf16 autocast): the
             # product's copy serves, when it is in that dtype.
             table_in = sae_in_mm if sae_in_mm.dtype == table_dtype(self.W_enc) else sae_in
@@ -140,22 +184,19 @@ class _TopKFamily(SAE):
         else:
             vals = pre[all_rows, all_cols].relu()
         n_main = rows.numel()
-        return {"x": x, "sae_in": sae_in, "pre": pre, "rows": rows, "cols": cols, "vals": vals[:n_main],
-                "aux_rows": aux_rows, "aux_cols": aux_cols, "aux_vals": vals[n_main:], "aux_scale": aux_scale}
+        return ActiveCodes(x, sae_in, pre, main, vals[:n_main], aux, vals[n_main:])
 
     @torch.no_grad()
-    def _aux_select(self, pre: Tensor, sae_in: Tensor, dead_mask: Tensor | None
-                    ) -> tuple[Tensor, Tensor, Tensor, float | None]:
+    def _aux_select(self, pre: Tensor, sae_in: Tensor, dead_mask: Tensor | None) -> AuxSelection:
         """AuxK's entries: each token's top aux_k dead latents, those with pre > 0, sorted by row.
 
-        Returns (rows, cols, their pre values, loss scale); scale None = no AuxK term (no dead latent).
         Entries with pre <= 0 are dropped: ReLU makes them 0 with 0 gradient, and they were about
         half of the dead latents' entries here (the backward's cost is per entry). With few dead
         latents their pre-activations come from a small product (sae_in · W_enc[:, dead], under
         autocast in its dtype like pre) rather than a column gather that reads all of pre (~4 ms here).
         """
         empty = torch.zeros(0, dtype=torch.long, device=pre.device)
-        none = (empty, empty, pre.new_zeros(0), None)
+        none = AuxSelection(empty, empty, pre.new_zeros(0), None)
         if dead_mask is None:
             return none
         if dead_mask.shape != (self.cfg.d_sae,) or dead_mask.dtype != torch.bool:
@@ -179,26 +220,24 @@ class _TopKFamily(SAE):
             rows, local = rows[keep], local[keep]
         else:  # every dead latent is among the top aux_k
             rows, local = (dead_pre > 0).nonzero().unbind(1)
-        return rows, dead_idx[local], dead_pre[rows, local], min(n_dead / aux_k, 1.0)
+        return AuxSelection(rows, dead_idx[local], dead_pre[rows, local], min(n_dead / aux_k, 1.0))
 
-    def _sparse_forward(self, x: Tensor, dead_mask: Tensor | None, sparse: bool) -> dict[str, Tensor]:
-        """`_encode_active` plus the reconstruction x_hat (sparse decode, or the dense product)."""
-        f = self._encode_active(x, dead_mask, sparse)
-        n = f["x"].shape[0]
+    def _decode_active(self, codes: ActiveCodes, sparse: bool) -> Tensor:
+        """The reconstruction x_hat [B, d_in] from the active codes (sparse decode, or the dense product)."""
+        n, main = codes.x.shape[0], codes.main
         if sparse:
-            f["x_hat"] = sparse_decode(f["rows"], f["cols"], f["vals"], self.W_dec, self.b_dec, n)
-        else:
-            f["x_hat"] = dense_codes(f["rows"], f["cols"], f["vals"], n, self.cfg.d_sae) @ self.W_dec + self.b_dec
-        return f
+            return sparse_decode(main.rows, main.cols, codes.vals, self.W_dec, self.b_dec, n)
+        return dense_codes(main.rows, main.cols, codes.vals, n, self.cfg.d_sae) @ self.W_dec + self.b_dec
 
-    def _auxk(self, f: dict[str, Tensor], sparse: bool) -> Tensor | None:
-        """AuxK (Gao et al. 2024): the top aux_k dead latents reconstruct the residual."""
-        if f["aux_scale"] is None:
+    def _auxk(self, codes: ActiveCodes, x_hat: Tensor, sparse: bool, residual: Tensor | None = None) -> Tensor | None:
+        """AuxK (Gao et al. 2024): the top aux_k dead latents reconstruct the residual x − x_hat
+        (``residual`` if the caller has it already)."""
+        if codes.aux.scale is None:
             return None
-        x, rows, cols, vals = f["x"], f["aux_rows"], f["aux_cols"], f["aux_vals"]
+        x, rows, cols, vals = codes.x, codes.aux.rows, codes.aux.cols, codes.aux_vals
         n = x.shape[0]
         # The residual the dead latents should explain.
-        e = f["residual"] if "residual" in f else (x - f["x_hat"]).detach()
+        e = residual if residual is not None else (x - x_hat).detach()
         if sparse:
             e_hat = sparse_decode(rows, cols, vals, self.W_dec, None, n)
         else:
@@ -207,22 +246,22 @@ class _TopKFamily(SAE):
         # Σ‖e − ē‖²/B = Σ‖e‖²/B − ‖ē‖² (two passes over e instead of four).
         flat, mean = e.reshape(-1), e.mean(0)
         denom = (torch.dot(flat, flat) / n - torch.dot(mean, mean)).clamp_min(1e-12)
-        return f["aux_scale"] * mse_per_token(e_hat, e) / denom
+        return codes.aux.scale * mse_per_token(e_hat, e) / denom
 
     def _finish(
-        self, f: dict[str, Tensor], recon: Tensor, parts: dict[str, Tensor],
+        self, codes: ActiveCodes, x_hat: Tensor, recon: Tensor, parts: dict[str, Tensor],
         aux: Tensor | None,
     ) -> TrainLoss:
         loss = recon
         if aux is not None:
             loss = loss + self.cfg.aux_coef * aux
             parts["auxk"] = aux.detach()
-        live = f["vals"].detach() > 0
+        live = codes.vals.detach() > 0
         # A weighted bincount: ~0.25 ms against ~2.2 ms for a bool index_put of 131k entries here.
-        fired = torch.bincount(f["cols"], weights=live.to(recon.dtype), minlength=self.cfg.d_sae) > 0
-        l0 = live.sum().to(recon.dtype) / f["x"].shape[0]
+        fired = torch.bincount(codes.main.cols, weights=live.to(recon.dtype), minlength=self.cfg.d_sae) > 0
+        l0 = live.sum().to(recon.dtype) / codes.x.shape[0]
         parts["l0"] = l0
-        return TrainLoss(loss, parts, f["x_hat"].detach(), fired, l0)
+        return TrainLoss(loss, parts, x_hat.detach(), fired, l0, codes.main.threshold)
 
     def training_loss(
         self,
@@ -236,10 +275,11 @@ class _TopKFamily(SAE):
             out = sae.training_loss(x, dead_mask)
             out.loss.backward()
         """
-        f = self._sparse_forward(x, dead_mask, sparse)
-        mse = mse_per_token(f["x_hat"], f["x"])
-        aux = self._auxk(f, sparse)
-        return self._finish(f, mse, {"mse": mse.detach()}, aux)
+        codes = self._encode_active(x, dead_mask, sparse)
+        x_hat = self._decode_active(codes, sparse)
+        mse = mse_per_token(x_hat, codes.x)
+        aux = self._auxk(codes, x_hat, sparse)
+        return self._finish(codes, x_hat, mse, {"mse": mse.detach()}, aux)
 
     # SAELens layout: plain tensors; subclasses choose the architecture they load as.
     def _tensors(self) -> dict[str, Tensor]:
@@ -256,11 +296,13 @@ class TopKSAE(_TopKFamily):
 
     architecture: ClassVar[str] = "topk"
     config_class: ClassVar[type[SAEConfig]] = TopKConfig
+    saelens_architecture: ClassVar[str | None] = "topk"
+    sparsify_activation: ClassVar[str | None] = "topk"
 
-    def _select(self, pre: Tensor) -> tuple[Tensor, Tensor]:
+    def _select(self, pre: Tensor) -> Selection:
         if self.cfg.rescale_acts_by_decoder_norm:
             pre = pre * self.W_dec.detach().norm(dim=-1)
-        return topk_per_row(pre, self.cfg.k)
+        return Selection(*topk_per_row(pre, self.cfg.k), None)
 
     def encode(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_sae"]:
         """SAELens topk semantics: top-k of pre (·‖d_i‖ if rescaled), ReLU, scatter.
@@ -283,6 +325,46 @@ class TopKSAE(_TopKFamily):
                "rescale_acts_by_decoder_norm": self.cfg.rescale_acts_by_decoder_norm}
         return cfg, self._tensors()
 
+    @classmethod
+    def saelens_options(cls, cfg: Mapping[str, Any]) -> dict[str, Any]:
+        """k (SAELens's default 100 when absent) and rescale_acts_by_decoder_norm."""
+        return {"k": int(cfg.get("k", 100)),
+                "rescale_acts_by_decoder_norm": bool(cfg.get("rescale_acts_by_decoder_norm", False))}
+
+    def sparsify_view(self) -> tuple[dict[str, Any], dict[str, Tensor]]:
+        """sparsify's TopK layout: ``encoder.weight`` is W_encᵀ [n, d_in]; b_dec is always subtracted."""
+        if self.cfg.rescale_acts_by_decoder_norm:
+            raise ValueError("sparsify TopK SAEs select and decode without decoder-norm rescaling; this SAE has "
+                             "rescale_acts_by_decoder_norm=True. Use sae.save(path) for the SAELens layout instead.")
+        if not self.cfg.apply_b_dec_to_input:
+            raise ValueError("sparsify always subtracts b_dec from the input; this SAE does not.")
+        cfg = {"activation": "topk", "expansion_factor": max(1, self.cfg.d_sae // self.cfg.d_in),
+               "normalize_decoder": True, "num_latents": self.cfg.d_sae, "k": self.cfg.k,
+               "multi_topk": False, "skip_connection": False, "transcode": False,
+               "d_in": self.cfg.d_in}
+        tensors = {"encoder.weight": self.W_enc.T, "encoder.bias": self.b_enc,
+                   "W_dec": self.W_dec, "b_dec": self.b_dec}
+        return cfg, tensors
+
+    @classmethod
+    def from_sparsify(
+        cls, cfg: Mapping[str, Any], tensors: Mapping[str, Tensor], *, metadata: dict[str, Any] | None = None,
+        where: str = "sae.safetensors",
+    ) -> SAE:
+        if "encoder.weight" not in tensors:
+            raise ValueError(f"{where!r}: no 'encoder.weight' tensor; not a sparsify SAE.")
+        n, d_in = tensors["encoder.weight"].shape
+        if cfg.get("d_in", d_in) != d_in:
+            raise ValueError(f"{where!r}: cfg d_in={cfg.get('d_in')} but encoder.weight is {[n, d_in]}.")
+        if isinstance(cfg.get("k"), bool) or not isinstance(cfg.get("k"), int):
+            raise ValueError(f"{where!r}: sparsify cfg.json needs an int 'k'; got {cfg.get('k')!r}.")
+        check_tensors(where, tensors, {"encoder.weight": (n, d_in), "encoder.bias": (n,),
+                                       "W_dec": (n, d_in), "b_dec": (d_in,)})
+        config = TopKConfig(d_in=d_in, d_sae=n, k=cfg["k"], dtype=DTYPE_NAMES[tensors["W_dec"].dtype])
+        return cls.restore(config, {"W_enc": tensors["encoder.weight"].T, "b_enc": tensors["encoder.bias"],
+                                    "W_dec": tensors["W_dec"], "b_dec": tensors["b_dec"]},
+                           metadata=metadata, where=where)
+
 
 @dataclass(frozen=True)
 class BatchTopKConfig(TopKConfig):
@@ -295,8 +377,8 @@ class BatchTopKConfig(TopKConfig):
     """Decay of the bias-corrected running mean of each batch's smallest selected
     activation. Short memory on purpose: SAELens's EMA starts at 0 with rate 0.01 and, in a
     98-step run, ends far below the training threshold (~290 latents fire per token at
-    inference instead of 32; DESIGN.md). A bias-corrected mean over the last ~10 batches
-    tracks the threshold the current weights actually need."""
+    inference instead of 32, measured on SmolLM2 layer 6). A bias-corrected mean over the
+    last ~10 batches tracks the threshold the current weights actually need."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -325,7 +407,6 @@ class BatchTopKSAE(_TopKFamily):
         # float64 so the running mean does not drift; a buffer, so it moves with .to().
         self.register_buffer("threshold_sum", torch.zeros((), dtype=torch.float64))
         self.register_buffer("threshold_weight", torch.zeros((), dtype=torch.float64))
-        self._pending: Tensor | None = None
 
     @property
     def threshold(self) -> float:
@@ -339,19 +420,23 @@ class BatchTopKSAE(_TopKFamily):
         self.threshold_sum.fill_(float(value))
         self.threshold_weight.fill_(1.0)
 
-    def _select(self, pre: Tensor) -> tuple[Tensor, Tensor]:
-        rows, cols, thr = topk_batch(pre, self.cfg.k)
-        self._pending = thr
-        return rows, cols
+    def _select(self, pre: Tensor) -> Selection:
+        return Selection(*topk_batch(pre, self.cfg.k))
 
-    def after_step(self) -> None:
-        """Decoder renorm and the threshold update (from the last training_loss call)."""
-        super().after_step()
-        if self._pending is not None:
-            d = self.cfg.threshold_decay
-            self.threshold_sum.mul_(d).add_(self._pending.to(torch.float64))
-            self.threshold_weight.mul_(d).add_(1.0)
-            self._pending = None
+    def after_step(self, loss: TrainLoss | None = None) -> None:
+        """Decoder renorm and the threshold update from the step's ``training_loss`` result.
+
+            out = sae.training_loss(x); out.loss.backward(); opt.step(); sae.after_step(out)
+        """
+        if loss is None or loss.batch_threshold is None:
+            raise ValueError(
+                f"{type(self).__name__}.after_step needs the step's training_loss result, whose batch "
+                "threshold it folds into the inference threshold: sae.after_step(out)."
+            )
+        super().after_step(loss)
+        d = self.cfg.threshold_decay
+        self.threshold_sum.mul_(d).add_(loss.batch_threshold.to(torch.float64))
+        self.threshold_weight.mul_(d).add_(1.0)
 
     def encode(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_sae"]:
         """JumpReLU with the learned scalar threshold (what SAELens loads it as).
