@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "train": "train",
     "eval": "evaluate",
     "steer": "steer",
+    "synth": "synth",
 }
 
 
