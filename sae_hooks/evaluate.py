@@ -33,7 +33,6 @@ per-tile statistics (row maxima, Σ exp, the KL dot products) are combined in fl
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import warnings
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -239,22 +238,8 @@ def inference_view(sae: Any, *, width: int | None = None, k: int | None = None,
         >>> small, kw = inference_view(matryoshka_sae, width=1152)
         >>> mp, kw = inference_view(mp_sae, k=16)        # kw == {"k": 16}
     """
-    arch = getattr(sae, "architecture", type(sae).__name__)
-    if width is not None:
-        if not hasattr(sae, "prefix"):
-            raise ValueError(f"width={width} selects a Matryoshka prefix, but this SAE is {arch!r}, which has no "
-                             "nested prefixes. Drop --width, or prune it (sae.pruned(indices)).")
-        sae = sae.prefix(width)
-    kw: dict[str, Any] = {}
-    params = inspect.signature(sae.encode).parameters
-    for name, value in (("k", k), ("residual_threshold", residual_threshold)):
-        if value is None:
-            continue
-        if name not in params:
-            raise ValueError(f"{name}={value} is an inference option of matching-pursuit SAEs; this SAE is {arch!r}, "
-                             f"whose encode takes no {name!r}. Drop the option.")
-        kw[name] = value
-    return sae, kw
+    view, kw = sae.inference_variant(width=width, k=k, residual_threshold=residual_threshold)
+    return view, kw
 
 
 # ---------------------------------------------------------------------------------------------
@@ -325,6 +310,19 @@ class _Logits(NamedTuple):
     ``head(hidden)``: conditions sharing ``head`` are stacked into one product per tile."""
     head: Callable[[Tensor, slice], Tensor] | None = None
     """(hidden rows, vocabulary columns) → logits, e.g. ``adapter.unembed``."""
+    source: Tensor | None = None
+    """The tensor the tiles are read from (the hidden rows, or the full logits indexed by ``at``): two
+    conditions with equal sources read the same way have equal logits, and are computed once."""
+    at: Tensor | None = None
+    """The flat positions read from ``source`` when it holds full logits."""
+
+    def same_as(self, other: "_Logits") -> bool:
+        """Whether ``other`` has the same logits by construction (equal source, read the same way)."""
+        if other is self:
+            return True
+        if self.source is None or other.source is None or self.head != other.head or self.at is not other.at:
+            return False
+        return self.source.shape == other.source.shape and torch.equal(self.source, other.source)
 
 
 def _counted(ids: Tensor, m: Tensor) -> tuple[Int[Tensor, " n"], Int[Tensor, " n"]]:
@@ -339,12 +337,12 @@ def _from_hidden(adapter: Adapter, hidden: Float[Tensor, "batch pos d"], at: Ten
     """The head applied tile by tile to the final normed hidden state at the counted positions."""
     h = hidden.reshape(-1, hidden.shape[-1])[at]  # [n, d]
     head = adapter.unembed
-    return _Logits(adapter.vocab_size, lambda lo, hi, v0, v1: head(h[lo:hi], slice(v0, v1)), h, head)
+    return _Logits(adapter.vocab_size, lambda lo, hi, v0, v1: head(h[lo:hi], slice(v0, v1)), h, head, h)
 
 
 def _from_logits(logits: Float[Tensor, "batch pos vocab"], at: Tensor) -> _Logits:
     flat = logits.reshape(-1, logits.shape[-1])  # [batch·pos, vocab], a view
-    return _Logits(flat.shape[-1], lambda lo, hi, v0, v1: flat[at[lo:hi], v0:v1])
+    return _Logits(flat.shape[-1], lambda lo, hi, v0, v1: flat[at[lo:hi], v0:v1], source=flat, at=at)
 
 
 _LOWEST = torch.finfo(torch.float32).min
@@ -358,11 +356,33 @@ def _head_stats(conds: Sequence[_Logits], targets: Int[Tensor, " n"], kl_to: Col
                 ) -> tuple[list[Tensor], dict[int, Tensor]]:
     """Next-token CE of every condition and KL(p_0 ‖ p_i) for each i in ``kl_to``, per counted position.
 
+    Conditions with the same logits by construction (``_Logits.same_as``: an identity SAE, a kept error
+    term, a zero SAE against zero-ablation) are computed once and share the result, so their CE is
+    equal and their KL to condition 0 exactly 0 on every CPU. Reducing them separately would not
+    guarantee it: the same hidden rows placed at two positions of one stacked head product may round
+    differently, depending on the CPU's matrix kernel.
+    """
+    unique: list[_Logits] = []
+    rep = []  # conds[i] is unique[rep[i]]'s logits
+    for c in conds:
+        j = next((u for u, d in enumerate(unique) if d.same_as(c)), None)
+        if j is None:
+            unique.append(c)
+            j = len(unique) - 1
+        rep.append(j)
+    ce_u, kl_u = _tile_stats(unique, targets, {rep[i] for i in kl_to if rep[i] != 0})
+    zero = torch.zeros(targets.shape[0], dtype=torch.float64, device=targets.device)
+    return [ce_u[j] for j in rep], {i: zero if rep[i] == 0 else kl_u[rep[i]] for i in kl_to}
+
+
+def _tile_stats(conds: Sequence[_Logits], targets: Int[Tensor, " n"], kl_to: Collection[int] = ()
+                ) -> tuple[list[Tensor], dict[int, Tensor]]:
+    """``_head_stats`` for conditions that are all different.
+
     One pass over [conditions, rows, VOCAB_TILE] tiles of logits, taking from each tile its row
     maxima m_t, Σ exp(l − m_t) and (against condition 0) Σ exp(l_0 − m_t)·(l_0 − l_i); the tiles are
     then combined in float64: log Σ_v exp(l_v) = M + log Σ_t exp(m_t − M)·s_t with M = max_t m_t, and
     KL(p_0 ‖ p_i) = Σ p_0·(l_0 − l_i) − lse_0 + lse_i. No [pos, vocab] tensor is ever built.
-    Identical logits give bitwise identical CE and a KL of exactly 0 (every row is reduced alike).
     """
     n, dev, n_c = targets.shape[0], targets.device, len(conds)
     kls = sorted(kl_to)
@@ -567,7 +587,10 @@ def evaluate_many(
             x = acts[names[i]]
             res = reconstruct(sae, x, keep_error=keep_error, mask=m, encode_kwargs=kw)
             stats[i].add_acts(x, res.x_hat, res.z, m)
-            pending.append((i, run(names[i], lambda a, out=res.out: out), run(names[i], _replace(None, ablate_mask))))
+            # With the error term kept and no edit the spliced activation is the clean one itself: the
+            # spliced condition is the clean condition, not a rerun that should agree with it.
+            spliced = clean if res.out is x else run(names[i], lambda a, out=res.out: out)
+            pending.append((i, spliced, run(names[i], _replace(None, ablate_mask))))
             del res
             if prefix is None:
                 flush()

@@ -107,12 +107,17 @@ def test_logit_effects_centers_the_direction_for_layernorm(tiny_tokenizer):
     shifted = make_sae("topk", d_in=64, d_sae=128, k=8, seed=0).eval().requires_grad_(False)
     with torch.no_grad():
         shifted.W_dec[f] += 0.5
+    d0 = sae.W_dec[f] - sae.W_dec[f].mean()
     ids = torch.tensor([[5, 6, 7, 8]])
     last = f"resid_post.{gpt2.n_layers - 1}"
     a = gpt2.forward(ids, hooks={last: lambda x: x + 3 * sae.W_dec[f]})
     b = gpt2.forward(ids, hooks={last: lambda x: x + 3 * shifted.W_dec[f]})
     torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)  # the model cannot tell the two apart
     fx, fx_shifted = logit_effects(gpt2, sae, f, k=8), logit_effects(gpt2, shifted, f, k=8)
+    # The shifted row, centered, equals the plain one up to rounding only: the same order needs the top
+    # and bottom 9 scores apart by far more than that (true of this seed; checked so it cannot pass by luck).
+    ranked = (gpt2.model.get_output_embeddings().weight @ (gpt2.model.transformer.ln_f.weight * d0)).sort().values
+    assert float(torch.cat([ranked[:9].diff(), ranked[-9:].diff()]).min()) > 1e-5
     for got in (fx, fx_shifted):
         assert [t.token_id for t in got.promoted] == [t.token_id for t in fx.promoted]
         assert [t.token_id for t in got.suppressed] == [t.token_id for t in fx.suppressed]

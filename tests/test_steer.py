@@ -139,16 +139,21 @@ def test_keep_error_false_replaces_by_reconstruction(tiny_hf, sae, tiny_ids):
 
 # ---- generation and positions ----------------------------------------------------------------
 
-def _manual_greedy(adapter, prompt, n, hook_fn):
-    """Greedy decoding by full uncached forwards, with hooks that know the absolute positions.
+def _assert_greedy(adapter, prompt, new_ids, hook_fn):
+    """``new_ids`` is a greedy continuation of ``prompt`` under reference hooks that know the absolute
+    positions: at every step the chosen token's logit, from a full uncached forward, is the largest.
 
-    ``hook_fn(t)`` returns the hook for a sequence of ``t`` tokens, or a ``{hook: fn}`` dict."""
+    Up to rounding: KV-cached decoding (or another backend) computes the same logits with products of
+    other shapes, whose rounding depends on the CPU's kernels, so a near tie may go either way; any real
+    difference in what was edited moves logits by far more. ``hook_fn(t)`` returns the hook for a
+    sequence of ``t`` tokens, or a ``{hook: fn}`` dict."""
     ids = prompt.clone()
-    for _ in range(n):
+    for step, token in enumerate(new_ids[0].tolist()):
         fns = hook_fn(ids.shape[1])
-        logits = adapter.forward(ids, hooks=fns if isinstance(fns, dict) else {HOOK: fns})
-        ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], 1)
-    return ids[:, prompt.shape[1]:]
+        logits = adapter.forward(ids, hooks=fns if isinstance(fns, dict) else {HOOK: fns})[0, -1].cpu()
+        top = float(logits.max())
+        assert float(logits[token]) >= top - 1e-4 * (1 + abs(top)), (step, token, int(logits.argmax()))
+        ids = torch.cat([ids, torch.tensor([[token]])], 1)
 
 
 def _selected(t: int, prompt_len: int, positions: str) -> torch.Tensor:
@@ -172,11 +177,10 @@ def test_generation_positions_match_uncached_reference(adapter, sae, positions):
         sel = _selected(t, P, positions)
         return lambda x: x + v * d * sel[None, :, None]
 
-    expected = _manual_greedy(adapter, prompt, n, hook_fn)
     base = generate(adapter, prompt, n, stop_at_eos=False).new_ids
     with steer(adapter, {HOOK: (sae, [f"{f}:add:{v}"])}, positions=positions) as s:
         got = generate(adapter, prompt, n, stop_at_eos=False)
-    assert torch.equal(got.new_ids.cpu(), expected.cpu())
+    _assert_greedy(adapter, prompt, got.new_ids, hook_fn)
     if positions != "generated":
         assert not torch.equal(got.new_ids, base)  # the edit changed what was generated
     seen = s.edited_positions[HOOK]
@@ -196,11 +200,18 @@ def test_generation_positions_match_uncached_reference(adapter, sae, positions):
 
 def test_uncached_generation_with_prompt_len(tiny_hf, sae):
     prompt = torch.tensor([[5, 9, 13, 40, 41, 77]])
+    d = sae.W_dec[3].detach()
+
+    def hook_fn(t):
+        return lambda x: x + 25.0 * d * _selected(t, prompt.shape[1], "generated")[None, :, None]
+
     with steer(tiny_hf, {HOOK: (sae, ["3:add:25"])}, positions="generated") as s:
         cached = generate(tiny_hf, prompt, 5, stop_at_eos=False).new_ids
     with steer(tiny_hf, {HOOK: (sae, ["3:add:25"])}, positions="generated", prompt_len=prompt.shape[1]):
         uncached = generate(tiny_hf, prompt, 5, stop_at_eos=False, use_cache=False).new_ids
-    assert torch.equal(cached, uncached)
+    _assert_greedy(tiny_hf, prompt, cached, hook_fn)
+    _assert_greedy(tiny_hf, prompt, uncached, hook_fn)
+    assert not torch.equal(cached, generate(tiny_hf, prompt, 5, stop_at_eos=False).new_ids)  # the edit acted
     assert s.edited_positions[HOOK][1] == [6]
 
 
@@ -249,11 +260,10 @@ def test_several_edits_at_several_hooks(adapter, positions):
     if positions == "generated":
         assert torch.equal(got, adapter.forward(prompt))
 
-    expected = _manual_greedy(adapter, prompt, n, hook_fn)
     base = generate(adapter, prompt, n, stop_at_eos=False).new_ids
     with steer(adapter, plan, positions=positions):
         got = generate(adapter, prompt, n, stop_at_eos=False).new_ids
-    assert torch.equal(got.cpu(), expected.cpu())
+    _assert_greedy(adapter, prompt, got, hook_fn)
     assert not torch.equal(got, base)  # the edits changed what was generated
 
 
@@ -454,6 +464,5 @@ def test_bridge_generates_what_hf_generates(tiny_hf, tiny_bridge):
     ignores the cache and drifts from the first decoded step on.
     """
     prompt = torch.tensor([[5, 9, 13, 40, 41, 77]])
-    a = generate(tiny_hf, prompt, 8, stop_at_eos=False).new_ids
-    b = generate(tiny_bridge, prompt, 8, stop_at_eos=False).new_ids
-    assert torch.equal(a, b)
+    # Eager (bridge) and sdpa (HF) attention round differently: greedy on HF up to a near tie.
+    _assert_greedy(tiny_hf, prompt, generate(tiny_bridge, prompt, 8, stop_at_eos=False).new_ids, lambda t: {})
