@@ -10,6 +10,7 @@ import random
 import pytest
 import torch
 
+from sae_hooks.run import RunConfig, train
 from sae_hooks.sae import load_sae, make_sae
 from sae_hooks.trainer import Target, TrainConfig, Trainer, default_dead_window, held_out_metrics, lr_factor
 
@@ -319,7 +320,7 @@ def test_nonfinite_rows_skipped_with_count_or_raise():
         next(stream_activations(_NaNAdapter(), ["h"], [small]))
 
 
-# ---- the CLI on a tiny model ---------------------------------------------------------------
+# ---- a run on a tiny model ----------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -337,124 +338,199 @@ def tiny_env(tmp_path_factory, tiny_tokenizer):
     return {"model": str(model_dir), "corpus": str(corpus), "root": root}
 
 
-def train_args(env, out, *extra):
-    from sae_hooks.cli import train
+TINY = dict(ctx=32, batch_tokens=256, tokens=8192, d_sae=128, k=4, dtype="fp32", eval_tokens=256, eval_ce_tokens=256,
+            eval_every=10, checkpoint_every=8, progress="off", hooks=("resid_post.1",))
+"""The tiny run the tests vary (a 3-layer d=64 llama, 32-token sequences, 8 sequences per step)."""
 
-    p = argparse.ArgumentParser()
-    train.add_arguments(p)
-    p.add_argument("--json", action="store_true")
-    return p.parse_args(train_argv(env, out, *extra))
+
+def tiny_config(env, out, **kw) -> RunConfig:
+    return RunConfig(**{"model": env["model"], "corpus": env["corpus"], "out": str(out), **TINY, **kw})
 
 
 def train_argv(env, out, *extra):
+    """The flags of ``tiny_config(env, out)`` for ``sae-hooks train``, then ``extra``."""
     return ["--model", env["model"], "--corpus", env["corpus"], "--ctx", "32", "--batch-tokens", "256",
-                         "--tokens", "8192", "--d-sae", "128", "--k", "4", "--dtype", "fp32", "--eval-tokens", "256",
-                         "--eval-ce-tokens", "256", "--eval-every", "10", "--checkpoint-every", "8", "--progress", "off",
-                         "--out", str(out), "--json", *extra, *([] if "--hook" in extra or "--sae" in extra
-                                                                 else ["--hook", "resid_post.1"])]
+            "--tokens", "8192", "--d-sae", "128", "--k", "4", "--dtype", "fp32", "--eval-tokens", "256",
+            "--eval-ce-tokens", "256", "--eval-every", "10", "--checkpoint-every", "8", "--progress", "off",
+            "--out", str(out), "--json", *extra, *([] if "--hook" in extra or "--sae" in extra
+                                                   else ["--hook", "resid_post.1"])]
 
 
-def test_cli_writes_a_complete_run_folder(tiny_env, tmp_path):
-    from sae_hooks.cli.train import execute
+def cli_config(argv) -> RunConfig:
+    """The RunConfig ``sae-hooks train ARGV`` builds."""
+    from sae_hooks.cli import train as cli_train
+    from sae_hooks.cli._flags import config_from_args
 
+    p = argparse.ArgumentParser()
+    cli_train.add_arguments(p)
+    p.add_argument("--json", action="store_true")
+    return config_from_args(RunConfig, p.parse_args(argv))
+
+
+def test_cli_flags_map_onto_run_config_and_take_its_defaults(tiny_env, tmp_path):
+    import dataclasses
+
+    from sae_hooks.cli._flags import field_docs
+
+    assert cli_config([]) == RunConfig()  # every flag's default is the field's default
+    assert cli_config(train_argv(tiny_env, tmp_path)) == tiny_config(tiny_env, tmp_path)
+    many = cli_config(["--arch", "topk", "--arch", "standard", "--hook", "resid_post.0", "--no-shuffle", "--l1", "3",
+                       "--sae", "topk:resid_post.1:k=8", "--dead-window", "500", "--resume", "--sequential"])
+    assert many == RunConfig(archs=("topk", "standard"), hooks=("resid_post.0",), shuffle=False, l1_coef=3.0,
+                             saes=("topk:resid_post.1:k=8",), dead_window=500, resume=True, sequential=True)
+    docs = field_docs(RunConfig)
+    assert all(docs.get(f.name) for f in dataclasses.fields(RunConfig))  # each field's docstring is its --help
+
+
+def test_fingerprint_is_what_is_trained_in_canonical_spelling():
+    import dataclasses
+
+    a = RunConfig(hooks=("blocks.1.hook_resid_post",), saes=("topk:layers.1:k=8",), out="x", device="cpu",
+                  eval_every=3, sequential=True, progress="off")
+    b = RunConfig(hooks=["resid_post.1"], saes="topk:resid_post.1:k=8", lr=2e-3)
+    assert a.fingerprint() == b.fingerprint()
+    assert set(a.fingerprint()) == {f.name for f in dataclasses.fields(RunConfig)} - set(RunConfig.NOT_FINGERPRINTED)
+    assert a.fingerprint()["shuffle"] is True and RunConfig(shuffle=False).fingerprint()["shuffle"] is False
+    assert RunConfig(seed=1).fingerprint() != RunConfig().fingerprint()
+    # run.json files written before the refactor name fields after their flags and predate shuffling
+    legacy = {**{k: v for k, v in RunConfig(shuffle=False).fingerprint().items()
+                 if k not in ("hooks", "archs", "saes", "l1_coef", "shuffle")},
+              "hook": None, "arch": ["topk"], "sae": None, "l1": 5.0}
+    assert RunConfig.upgrade_fingerprint(legacy) == RunConfig(shuffle=False).fingerprint()
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"d_sae": 0}, r"RunConfig.d_sae=0; it must be an int >= 1"),
+    ({"ctx": 2}, r"RunConfig.ctx=2 leaves no next-token prediction to score"),
+    ({"ctx": 1, "eval_ce_tokens": 0}, r"RunConfig.ctx=1; it must be an int >= 2"),
+    ({"tokens": 100, "ctx": 128}, r"RunConfig.tokens=100 is less than one sequence"),
+    ({"batch_tokens": 64}, r"RunConfig.batch_tokens=64 is less than one sequence of ctx=128"),
+    ({"archs": ("tpk",)}, r"unknown SAE architecture 'tpk'"),
+    ({"hooks": ("resid_psot.1",)}, r"Unknown hook kind 'resid_psot'"),
+    ({"saes": ("topk",)}, r"ARCH:HOOK"),
+    ({"saes": ("topk:resid_post.1:d_sae=0",)}, r"d_sae=0; it must be >= 1"),
+    ({"lr": 0.0}, r"TrainConfig.lr=0.0"),
+    ({"dtype": "int8"}, r"RunConfig.dtype='int8'; valid: bf16, fp32, fp16"),
+    ({"device": "gpu0"}, r"RunConfig.device='gpu0' is not a device"),
+    ({"shuffle": "yes"}, r"RunConfig.shuffle='yes'; it must be True or False"),
+    ({"keep_checkpoints": 0}, r"RunConfig.keep_checkpoints=0"),
+])
+def test_run_config_refuses_bad_values_naming_the_field(kw, message):
+    with pytest.raises(ValueError, match=message):
+        RunConfig(**kw)
+
+
+def test_run_writes_a_complete_run_folder(tiny_env, tmp_path):
     out = tmp_path / "run"
-    r = execute(train_args(tiny_env, out, "--arch", "topk", "--arch", "matching_pursuit", "--hook", "resid_post.0",
-                           "--hook", "resid_post.1", "--tokens", "4096", "--eval-every", "8", "--checkpoint-every", "4"))
-    names = sorted(s["name"] for s in r["saes"])
+    seen = []
+    r = train(tiny_config(tiny_env, out, archs=("topk", "matching_pursuit"), hooks=("resid_post.0", "resid_post.1"),
+                          tokens=4096, eval_every=8, checkpoint_every=4), on_step=seen.append)
+    names = sorted(s.name for s in r.saes)
     assert names == ["matching_pursuit_resid_post.0", "matching_pursuit_resid_post.1", "topk_resid_post.0",
                      "topk_resid_post.1"]
-    for key in ("tokens_per_s", "tokens", "seconds"):
-        assert r[key] > 0
-    assert r["steps"] == math.ceil(4096 // 32 / 8)
-    for s in r["saes"]:
-        assert 0 <= s["fvu"] < 1.5 and s["l0"] <= 4 + 1e-6 and 0 <= s["dead_frac"] <= 1 and "recaptured_zero" in s
-        sae = load_sae(s["path"])
-        assert sae.metadata["hook_name"] == f"blocks.{s['hook'][-1]}.hook_resid_post"
+    assert r.tokens_per_s > 0 and r.tokens > 0 and r.seconds > 0 and r.resumed_from_step is None
+    assert r.steps == math.ceil(4096 // 32 / 8)
+    assert [i.step for i in seen] == list(range(1, r.steps + 1)) and seen[-1].total_steps == r.steps
+    for s in r.saes:
+        assert 0 <= s.fvu < 1.5 and s.l0 <= 4 + 1e-6 and 0 <= s.dead_frac <= 1 and s.recaptured_zero is not None
+        sae = load_sae(s.path)
+        assert sae.metadata["hook_name"] == f"blocks.{s.hook[-1]}.hook_resid_post"
+        assert "partial" not in sae.metadata["sae_hooks_train"]
     for f in ("run.json", "metrics.json", "summary.txt", "curves.png", "metrics.jsonl"):
         assert (out / f).is_file(), f
+    assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(r.to_dict()))
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "finished" and run["settings"] == tiny_config(tiny_env, out, archs=(
+        "topk", "matching_pursuit"), hooks=("resid_post.0", "resid_post.1"), tokens=4096).fingerprint()
     log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert len(log) == r["steps"] and any("eval/topk_resid_post.1/fvu" in rec for rec in log)
-    assert (out / "checkpoints").is_dir()
+    assert len(log) == r.steps and any("eval/topk_resid_post.1/fvu" in rec for rec in log)
+    assert (out / "checkpoints").is_dir() and not (out / ".sae_hooks.lock").exists()
 
 
-def test_cli_sequential_flag_trains_the_same_saes(tiny_env, tmp_path):
-    from sae_hooks.cli.train import execute
+def test_cli_train_prints_the_run_result_as_json(tiny_env, tmp_path, capsys):
+    from sae_hooks.cli import main
 
+    assert main(["train", *train_argv(tiny_env, tmp_path / "run", "--tokens", "2048", "--eval-every", "0")]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result == json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert result["saes"][0]["name"] == "topk_resid_post.1" and result["steps"] == 2048 // 256
+
+
+def test_sequential_flag_trains_the_same_saes(tiny_env, tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(2)  # concurrent steps need >= 2 threads
+    kw = dict(archs=("topk", "batchtopk"), tokens=4096, eval_every=0, checkpoint_every=0)
     try:
-        runs = [execute(train_args(tiny_env, tmp_path / name, "--arch", "topk", "--arch", "batchtopk", "--tokens", "4096",
-                                   "--eval-every", "0", "--checkpoint-every", "0", *extra))
-                for name, extra in (("con", ()), ("seq", ("--sequential",)))]
+        runs = [train(tiny_config(tiny_env, tmp_path / name, sequential=seq, **kw))
+                for name, seq in (("con", False), ("seq", True))]
     finally:
         torch.set_num_threads(threads)
-    assert [r["sae_workers"] for r in runs] == [2, 1]
+    assert [r.sae_workers for r in runs] == [2, 1]
     # How the steps run is not part of the run's identity: a resume may switch it.
     assert "sequential" not in json.loads((tmp_path / "con" / "run.json").read_text())["settings"]
-    execute(train_args(tiny_env, tmp_path / "con", "--arch", "topk", "--arch", "batchtopk", "--tokens", "4096",
-                       "--eval-every", "0", "--checkpoint-every", "0", "--resume", "--sequential"))
-    for a, b in zip(*(r["saes"] for r in runs)):
-        assert a["name"] == b["name"] and a["fvu"] == pytest.approx(b["fvu"], rel=1e-3, abs=1e-4)
-        wa, wb = load_sae(a["path"]).W_dec, load_sae(b["path"]).W_dec
+    with pytest.raises(ValueError, match="is finished"):
+        train(tiny_config(tiny_env, tmp_path / "con", resume=True, sequential=True, **kw))
+    for a, b in zip(*(r.saes for r in runs)):
+        assert a.name == b.name and a.fvu == pytest.approx(b.fvu, rel=1e-3, abs=1e-4)
+        wa, wb = load_sae(a.path).W_dec, load_sae(b.path).W_dec
         torch.testing.assert_close(wa, wb, rtol=1e-3, atol=1e-4)
 
 
-def test_cli_refuses_a_folder_holding_another_run(tiny_env, tmp_path):
-    from sae_hooks.cli.train import execute
-
+def test_refuses_a_folder_holding_another_run(tiny_env, tmp_path):
     out = tmp_path / "run"
-    execute(train_args(tiny_env, out, "--tokens", "2048"))
+    train(tiny_config(tiny_env, out, tokens=2048))
     with pytest.raises(ValueError, match="already holds another run.*--resume.*--overwrite"):
-        execute(train_args(tiny_env, out, "--tokens", "2048"))
+        train(tiny_config(tiny_env, out, tokens=2048))
     with pytest.raises(ValueError, match="other settings.*tokens"):
-        execute(train_args(tiny_env, out, "--tokens", "4096", "--resume"))
-    r = execute(train_args(tiny_env, out, "--tokens", "4096", "--overwrite"))
-    assert r["tokens"] > 2048
+        train(tiny_config(tiny_env, out, tokens=4096, resume=True))
+    r = train(tiny_config(tiny_env, out, tokens=4096, overwrite=True))
+    assert r.tokens > 2048
 
 
-def test_cli_too_many_tokens_needs_cycle(tiny_env, tmp_path):
-    from sae_hooks.cli.train import execute
+def test_too_many_tokens_needs_cycle(tiny_env, tmp_path):
     from sae_hooks.data import CorpusError
 
     with pytest.raises(CorpusError, match="cycle") as err:
-        execute(train_args(tiny_env, tmp_path / "a", "--tokens", "400000", "--eval-every", "0",
-                           "--batch-tokens", "4096", "--checkpoint-every", "0"))
+        train(tiny_config(tiny_env, tmp_path / "a", tokens=400000, eval_every=0, batch_tokens=4096, checkpoint_every=0))
     assert "saved" in str(err.value)  # stopped cleanly: what was trained is kept
-    from sae_hooks.sae import load_sae
     saved = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert 0 < saved["tokens"] < 400000
     assert load_sae(saved["saes"][0]["path"]).cfg.d_sae == 128
-    r = execute(train_args(tiny_env, tmp_path / "b", "--tokens", "32768", "--cycle", "--eval-every", "0",
-                           "--checkpoint-every", "0", "--eval-ce-tokens", "0", "--batch-tokens", "4096"))
-    assert r["tokens"] > 30000
+    r = train(tiny_config(tiny_env, tmp_path / "b", tokens=32768, cycle=True, eval_every=0, checkpoint_every=0,
+                          eval_ce_tokens=0, batch_tokens=4096))
+    assert r.tokens > 30000 and r.saes[0].ce_clean is None
 
 
-def test_cli_bad_sae_spec_and_arch(tiny_env, tmp_path):
-    from sae_hooks.cli.train import execute
+def test_bad_sae_options_are_refused_before_anything_is_written(tiny_env, tmp_path, capsys):
+    from sae_hooks.cli import main
 
-    with pytest.raises(ValueError, match="ARCH:HOOK"):
-        execute(train_args(tiny_env, tmp_path / "a", "--sae", "topk"))
-    with pytest.raises(ValueError, match="Unknown SAE architecture 'tpk'"):
-        execute(train_args(tiny_env, tmp_path / "b", "--arch", "tpk"))
-    with pytest.raises(ValueError, match="no option"):
-        execute(train_args(tiny_env, tmp_path / "c", "--sae", "topk:resid_post.1:kk=3"))
+    with pytest.raises(ValueError, match="no option 'kk'"):
+        tiny_config(tiny_env, tmp_path / "c", saes=("topk:resid_post.1:kk=3",))
+    assert main(["train", *train_argv(tiny_env, tmp_path / "c", "--sae", "topk:resid_post.1:k=0")]) == 1
+    assert "k" in capsys.readouterr().err and not (tmp_path / "c").exists()  # refused once the model says the width
+
+
+@pytest.mark.parametrize("arch", ["standard", "topk", "batchtopk", "jumprelu", "matryoshka", "matching_pursuit"])
+def test_every_architecture_trains_from_the_cli(tiny_env, tmp_path, arch, capsys):
+    from sae_hooks.cli import main
+
+    argv = train_argv(tiny_env, tmp_path / arch, "--arch", arch, "--tokens", "1024", "--eval-every", "0",
+                      "--checkpoint-every", "0", "--eval-ce-tokens", "64")
+    assert main(["train", *argv]) == 0, capsys.readouterr().err
+    saved = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["saes"][0]
+    sae = load_sae(saved["path"])
+    assert sae.architecture == arch and sae.cfg.d_sae == 128 and math.isfinite(saved["fvu"])
 
 
 @pytest.mark.slow
 def test_real_model_short_run(tmp_path):
     """End to end on SmolLM2 at the default hook: a short run already explains most variance."""
-    from sae_hooks.cli import train
-    from sae_hooks.cli.train import execute
-
-    p = argparse.ArgumentParser()
-    train.add_arguments(p)
-    p.add_argument("--json", action="store_true")
-    r = execute(p.parse_args(["--tokens", "16384", "--d-sae", "1152", "--eval-tokens", "2048", "--eval-ce-tokens", "512",
-                              "--eval-every", "0", "--progress", "off", "--out", str(tmp_path / "run"), "--json"]))
-    s = r["saes"][0]
-    assert s["hook"] == "resid_post.6" and s["arch"] == "topk" and s["l0"] == pytest.approx(32)
-    assert s["fvu"] < 0.9 and s["dead_frac"] < 0.5
-    assert 1.0 < s["ce_clean"] < 4.0 and s["recaptured_zero"] > 0.0
+    r = train(RunConfig(tokens=16384, d_sae=1152, eval_tokens=2048, eval_ce_tokens=512, eval_every=0, progress="off",
+                        out=str(tmp_path / "run")))
+    s = r.saes[0]
+    assert s.hook == "resid_post.6" and s.arch == "topk" and s.l0 == pytest.approx(32)
+    assert s.fvu < 0.9 and s.dead_frac < 0.5
+    assert 1.0 < s.ce_clean < 4.0 and s.recaptured_zero > 0.0
 
 
 def test_thread_pools_are_shared_per_process_name_and_size():
