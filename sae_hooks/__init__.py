@@ -15,6 +15,7 @@ from .adapters import Adapter, HFAdapter, TLAdapter, adapt
 from .evaluate import EvalReport, evaluate, evaluate_many
 from .hookpoints import KINDS, parse_hook
 from .models import DEFAULT_MODEL, load_model
+from .run import RunConfig, RunResult, train
 from .sae import ARCHITECTURES, SAE, load_sae, make_sae
 from .splice import splice
 from .steer import Edit, generate, side_effects, steer
@@ -26,4 +27,5 @@ __all__ = [
     "ARCHITECTURES", "SAE", "load_sae", "make_sae",
     "splice", "evaluate", "evaluate_many", "EvalReport",
     "steer", "generate", "side_effects", "Edit",
+    "RunConfig", "RunResult", "train",
 ]
