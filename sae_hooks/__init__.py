@@ -15,6 +15,7 @@ from .adapters import Adapter, HFAdapter, TLAdapter, adapt
 from .evaluate import EvalReport, evaluate, evaluate_many
 from .hookpoints import KINDS, parse_hook
 from .models import DEFAULT_MODEL, load_model
+from .pretrained import load_pretrained
 from .run import RunConfig, RunResult, train
 from .sae import ARCHITECTURES, SAE, load_sae, make_sae
 from .splice import splice
@@ -24,7 +25,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Adapter", "HFAdapter", "TLAdapter", "adapt", "KINDS", "parse_hook", "DEFAULT_MODEL", "load_model",
-    "ARCHITECTURES", "SAE", "load_sae", "make_sae",
+    "ARCHITECTURES", "SAE", "load_sae", "make_sae", "load_pretrained",
     "splice", "evaluate", "evaluate_many", "EvalReport",
     "steer", "generate", "side_effects", "Edit",
     "RunConfig", "RunResult", "train",

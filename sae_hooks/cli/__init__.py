@@ -34,6 +34,9 @@ COMMANDS: dict[str, str] = {
     "train": "train",
     "eval": "evaluate",
     "steer": "steer",
+    "pretrained": "pretrained",
+    "features": "features",
+    "dashboard": "dashboard",
     "synth": "synth",
 }
 

@@ -7,68 +7,18 @@
 from __future__ import annotations
 
 import argparse
-import os
-import re
-from pathlib import Path
+
+# --sae resolution lives in sae_hooks.pretrained (every command shares it); the names stay importable here.
+from ..pretrained import ENV as PRETRAINED_ENV  # noqa: F401
+from ..pretrained import PREFIX as PRETRAINED_PREFIX  # noqa: F401
+from ..pretrained import load_sae_spec, pretrained_dirs, resolve_sae_path  # noqa: F401
 
 HELP = "splice an SAE into the live model and measure recaptured LM loss, delta CE, KL, FVU and L0"
 
-PRETRAINED_PREFIX = "pretrained:"
-PRETRAINED_ENV = "SAE_HOOKS_PRETRAINED"
-# One folder name, no path separators or "..": pretrained:NAME never reaches outside its folder.
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-
-
-def pretrained_dirs() -> list[Path]:
-    """Folders searched for ``pretrained:NAME``, in order: ``$SAE_HOOKS_PRETRAINED`` if set, then the
-    checkout's ``pretrained/`` (beside ``sae_hooks/``; an installed wheel has none, so set the variable).
-
-        >>> pretrained_dirs()
-        [PosixPath('/home/me/sae_hooks/pretrained')]
-    """
-    dirs = []
-    env = os.environ.get(PRETRAINED_ENV)
-    if env:
-        root = Path(env).expanduser()
-        if not root.is_dir():
-            raise FileNotFoundError(f"{PRETRAINED_ENV}={env!r} is not a folder; point it at a folder holding one "
-                                    "folder per SAE (NAME/cfg.json + weights), or unset it.")
-        dirs.append(root)
-    dirs.append(Path(__file__).resolve().parents[2] / "pretrained")
-    return dirs
-
-
-def resolve_sae_path(spec: str) -> Path:
-    """A folder path, or ``pretrained:NAME`` looked up in ``pretrained_dirs()`` (first match wins; the error
-    lists the available names and every folder searched).
-
-        >>> resolve_sae_path("pretrained:smollm2-l6-topk")
-        PosixPath('/home/me/sae_hooks/pretrained/smollm2-l6-topk')
-    """
-    if spec.startswith(PRETRAINED_PREFIX):
-        name = spec[len(PRETRAINED_PREFIX):]
-        roots = pretrained_dirs()
-        if _NAME.fullmatch(name):
-            for root in roots:
-                if (root / name / "cfg.json").is_file():
-                    return root / name
-        have = sorted({p.name for root in roots if root.is_dir() for p in root.iterdir()
-                       if _NAME.fullmatch(p.name) and (p / "cfg.json").is_file()})
-        looked = "; ".join(f"{root}{'' if root.is_dir() else ' (absent)'}" for root in roots)
-        raise FileNotFoundError(
-            f"No pretrained SAE {name!r}. Looked in: {looked}. Available: {', '.join(have) or 'none'}. "
-            f"Use --sae pretrained:NAME with one of these, set {PRETRAINED_ENV} to a folder of SAE folders, "
-            "or pass --sae PATH to a folder with cfg.json."
-        )
-    path = Path(spec).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"SAE folder {spec!r} does not exist. Pass a folder with cfg.json, or pretrained:NAME.")
-    return path
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sae", required=True, help="SAE folder (SAELens or sparsify layout) or pretrained:NAME, looked up in "
-                   "$SAE_HOOKS_PRETRAINED, then the checkout's pretrained/")
+    p.add_argument("--sae", required=True, help="SAE folder (SAELens or sparsify layout), pretrained:NAME (see `sae-hooks "
+                   "pretrained list`), saelens:RELEASE:SAE_ID or sparsify:ORG/REPO:HOOKPOINT")
     p.add_argument("--model", default="smollm2-135m-instruct", help="model name or folder")
     p.add_argument("--backend", default="hf", choices=["hf", "tl"], help="hf = transformers, tl = TransformerLens bridge")
     p.add_argument("--corpus", default="stdlib", help="'stdlib', a local file/dir/glob, or an HF dataset name")
@@ -93,12 +43,11 @@ def run(args: argparse.Namespace) -> dict:
     from ..data import CorpusConfig, load_token_tensor
     from ..evaluate import evaluate
     from ..models import load_model, parse_dtype
-    from ..sae import load_sae
 
     if args.tokens < 1 or args.batch_size < 1:
         raise ValueError(f"--tokens ({args.tokens}) and --batch-size ({args.batch_size}) must be >= 1.")
     path = resolve_sae_path(args.sae)
-    sae = load_sae(path)
+    sae = load_sae_spec(args.sae)
     parse_dtype(args.dtype)  # a clear error before the model loads
     cfg = CorpusConfig(source=args.corpus, split=args.split, ctx=args.ctx, exclude_first=args.exclude_first)
     adapter = load_model(args.model, backend=args.backend, dtype=args.dtype)

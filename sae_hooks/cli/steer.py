@@ -64,9 +64,8 @@ def _columns(left: str, right: str, width: int = 56) -> str:
 def run(args: argparse.Namespace) -> dict:
     from .. import models
     from ..data import CorpusConfig, load_token_tensor
-    from ..sae import load_sae
+    from ..pretrained import load_sae_spec
     from ..steer import Edit, SteerConfig, generate, side_effects, steer
-    from .evaluate import resolve_sae_path
 
     # Everything a user can get wrong is checked before the model loads or anything is printed.
     edits = [Edit.parse(e) for e in args.edit]
@@ -77,7 +76,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.eval_tokens < 0:
         raise ValueError(f"--eval-tokens {args.eval_tokens}; it must be >= 0 (0 skips the side effects).")
     SteerConfig(args.positions, not args.replace, args.exclude_first)
-    sae = load_sae(resolve_sae_path(args.sae)).eval().requires_grad_(False)
+    sae = load_sae_spec(args.sae).eval().requires_grad_(False)
     d_sae = int(sae.cfg.d_sae)
     for e in edits:
         if e.latent >= d_sae:
