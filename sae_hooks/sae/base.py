@@ -247,6 +247,10 @@ class SAE(nn.Module, abc.ABC):
 
     Subclasses set `architecture` and `config_class`, and implement `encode`,
     `decode` and `training_loss`. Evaluation code only needs `encode`/`decode`/`forward`.
+    What else an architecture knows lives on its class too: its run defaults
+    (`train_options`), its text options (`parse_options`), its inference settings
+    (`inference_variant`), its on-disk mappings (`saelens_view` / `from_saelens`,
+    `sparsify_view` / `from_sparsify`).
 
         sae = make_sae("standard", d_in=64, d_sae=256)
         x_hat, z = sae(x)
