@@ -118,6 +118,9 @@ def test_the_true_dictionary_scores_mcc_1_and_no_absorption():
     assert s.mcc == pytest.approx(1.0, abs=1e-6)
     assert s.absorption == 0.0 and s.flat_err == 0.0 and s.hier_err == 0.0 and s.fvu == 0.0
     assert s.l0 == pytest.approx(float((b.codes > 0).sum(-1).double().mean()))
+    # The truth's own geometry: siblings at 0.4, and the pairs a sample uses (parent, child) orthogonal.
+    assert s.coherence == pytest.approx(0.4, abs=1e-5) and s.fired_coherence == pytest.approx(0.4, abs=1e-5)
+    assert s.support_cos == pytest.approx(0.0, abs=1e-5)
     noisy = HierarchicalToy(ToyConfig(noise=0.2))
     nb = noisy.sample(5_000, torch.Generator().manual_seed(0))
     ns = score_oracle(noisy, nb)

@@ -228,7 +228,7 @@ class SynthResult:
         return out
 
     def table(self, fields: Sequence[str] = ("mcc", "fvu", "flat_err", "hier_err", "clean_err", "absorption",
-                                             "l0", "dead_frac")) -> str:
+                                             "l0", "dead_frac", "coherence", "support_cos")) -> str:
         """Markdown table, mean ± sd over seeds, with the definitions under it."""
         head = "| condition | d_sae | arch | " + " | ".join(fields) + " |"
         lines = [head, "|" + " --- |" * (3 + len(fields))]

@@ -15,6 +15,8 @@ Definitions (stated in every report):
   active parent is silent (code exactly 0) although the parent is present; an unmatched parent
   counts as silent.
 - **L0**: mean number of non-zero codes per sample.
+- **Geometry** (``sae_hooks.geometry``): the coherence of the learned atoms, of those that fire, and
+  the support coherence (max |cos| among the atoms a sample uses, averaged over samples).
 
     toy = HierarchicalToy(); held_out = toy.sample(20_000, torch.Generator().manual_seed(1))
     s = score_sae(sae, toy, held_out)           # s.mcc, s.flat_err, s.hier_err, s.absorption
@@ -31,6 +33,7 @@ from jaxtyping import Float, Int
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+from ..geometry import coherence, support_coherence
 from .toy import HierarchicalToy, ToyBatch
 
 SCORE_DEFINITIONS = (
@@ -38,7 +41,8 @@ SCORE_DEFINITIONS = (
     "unmatched = 0); flat/hier/clean err = sum||x - x_hat||^2 / sum||x||^2 over flat samples (one "
     "top-level feature), hierarchical samples (parent + child), and against the noise-free signal; "
     "FVU = sum||x - x_hat||^2 / sum||x - mean x||^2; absorption = fraction of hierarchical samples whose "
-    "parent's matched latent is silent; L0 = mean non-zero codes per sample."
+    "parent's matched latent is silent; L0 = mean non-zero codes per sample; coherence = max |cos| between learned "
+    "atoms (all / those that fire); support cos = mean over samples of the max |cos| among the atoms they use."
 )
 
 
@@ -68,6 +72,13 @@ class ToyScore(NamedTuple):
     l0: float
     dead_frac: float
     """Fraction of latents that never fired on the held-out samples."""
+    coherence: float
+    """max |cos| between two learned atoms (the true dictionary's is 0.1 · level)."""
+    fired_coherence: float
+    """The same over the atoms that fire on the held-out samples."""
+    support_cos: float
+    """Mean over samples with >= 2 active latents of the max |cos| among them (how correlated the atoms used
+    together are; for the truth: a parent and its child, 0)."""
 
     def to_dict(self) -> dict[str, float]:
         return self._asdict()
@@ -124,6 +135,7 @@ def score_codes(codes: Float[Tensor, "n m"], x_hat: Float[Tensor, "n d"], learne
     else:
         absorption = float("nan")
     centered = (x - x.mean(0)).pow(2).sum()
+    fired = active.any(0)
     return ToyScore(
         mcc=match.mcc,
         fvu=float(err.sum() / centered),
@@ -132,7 +144,10 @@ def score_codes(codes: Float[Tensor, "n m"], x_hat: Float[Tensor, "n d"], learne
         clean_err=float((s - xh).pow(2).sum() / s.pow(2).sum()),
         absorption=absorption,
         l0=float(active.sum(-1).double().mean()),
-        dead_frac=float((~active.any(0)).double().mean()),
+        dead_frac=float((~fired).double().mean()),
+        coherence=coherence(learned),
+        fired_coherence=coherence(learned[fired]) if int(fired.sum()) > 1 else float("nan"),
+        support_cos=support_coherence(codes.detach().float(), learned)[0],
     )
 
 
