@@ -192,6 +192,9 @@ class RunConfig:
             raise ValueError(f"RunConfig.ctx={self.ctx} leaves no next-token prediction to score: position 0 is "
                              "excluded (the attention sink) and the last position has no next token. Use ctx >= 3, "
                              "or eval_ce_tokens=0 to skip the spliced CE.")
+        if self.resume and self.overwrite:
+            raise ValueError("RunConfig.resume and RunConfig.overwrite exclude each other (--resume and --overwrite): "
+                             "resume continues the run in out, overwrite replaces it.")
         if not self.hooks or not self.archs:
             raise ValueError("RunConfig.hooks and RunConfig.archs need at least one entry each.")
         for h in self.hooks:
