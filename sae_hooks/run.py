@@ -50,7 +50,8 @@ from .runfolder import RunFolder
 from .sae import SAESpec, architecture_class, make_sae, parse_sae_spec, train_options
 from .trainer import AUTOCASTS, DECAYS, StepStats, Target, TrainConfig, Trainer
 
-__all__ = ["RunConfig", "RunInterrupted", "RunResult", "SAEResult", "StepInfo", "train", "training_batches"]
+__all__ = ["RunConfig", "RunInterrupted", "RunResult", "SAEResult", "StepInfo", "held_out_corpus", "train",
+           "training_batches"]
 
 DTYPES = ("bf16", "fp32", "fp16")
 PROGRESS = ("auto", "on", "off")
@@ -388,6 +389,15 @@ def training_batches(cfg: RunConfig, tokenizer: Any, *, rank: int = 0, world_siz
                         rank=rank, world_size=world_size, skip_sequences=skip_sequences, max_positions=max_positions)
 
 
+def held_out_corpus(cfg: RunConfig) -> CorpusConfig:
+    """The held-out side of the corpus a run scores on: the ``eval`` split in its stored order, whatever
+    ``shuffle`` and ``seed`` say (a score at step 50 and one at step 100 are on the same tokens).
+
+        held_out_corpus(RunConfig(seed=1)) == held_out_corpus(RunConfig(shuffle=False))   # True
+    """
+    return CorpusConfig(source=cfg.corpus, ctx=cfg.ctx, split="eval")
+
+
 def train(cfg: RunConfig, *, on_step: Callable[[StepInfo], None] | None = None) -> RunResult:
     """Run ``cfg``: train its SAEs, save them in ``cfg.out`` with their held-out scores, return a ``RunResult``.
 
@@ -461,8 +471,7 @@ class _Run:
         self.stop.where = "while reading the held-out data; nothing was written"
         held = None
         if self.main:
-            eval_corpus = CorpusConfig(source=cfg.corpus, ctx=cfg.ctx, split="eval")  # fixed order, never shuffled
-            held = load_held_out(adapter, eval_corpus, hooks, cfg.eval_tokens, cfg.eval_ce_tokens)
+            held = load_held_out(adapter, held_out_corpus(cfg), hooks, cfg.eval_tokens, cfg.eval_ce_tokens)
             self.folder.start(plan, {"tool": "sae-hooks", "settings": self.fingerprint, "saes": built},
                               resume_step=trainer.step_count)
         self.stop.where, self.stop.resumable = "before its first step", found is not None

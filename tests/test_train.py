@@ -522,6 +522,86 @@ def test_every_architecture_trains_from_the_cli(tiny_env, tmp_path, arch, capsys
     assert sae.architecture == arch and sae.cfg.d_sae == 128 and math.isfinite(saved["fvu"])
 
 
+# ---- the training stream: shuffled by default (issue 20) -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def smol_tokenizer():
+    """The embedded model's tokenizer alone (the stdlib corpus is text a real BPE tokenizer reads back)."""
+    from transformers import AutoTokenizer
+
+    from sae_hooks.models import embedded_model_dir
+
+    return AutoTokenizer.from_pretrained(embedded_model_dir())
+
+
+def _first_batch(cfg: RunConfig, tok) -> torch.Tensor:
+    from sae_hooks.run import training_batches
+
+    return next(training_batches(cfg, tok)).input_ids
+
+
+def _pieces(ids: torch.Tensor, tok, min_tokens: int = 24) -> list[str]:
+    """The texts of a batch between separators, long ones only, trimmed by a token at each end (a row
+    boundary may cut a multi-byte character)."""
+    out = []
+    for row in ids.tolist():
+        piece: list[int] = []
+        for t in [*row, tok.eos_token_id]:
+            if t != tok.eos_token_id:
+                piece.append(t)
+                continue
+            if len(piece) >= min_tokens:
+                out.append(tok.decode(piece[1:-1]))
+            piece = []
+    return out
+
+
+def test_default_stream_does_not_start_with_the_alphabetically_first_files(smol_tokenizer):
+    from sae_hooks.data import CorpusConfig, iter_documents
+
+    docs = list(iter_documents(CorpusConfig(split="train")))  # sorted path order
+    first_tenth = docs[: len(docs) // 10]
+    shuffled, in_order = _first_batch(RunConfig(), smol_tokenizer), _first_batch(RunConfig(shuffle=False), smol_tokenizer)
+    assert all(any(p in d for d in first_tenth) for p in _pieces(in_order, smol_tokenizer))  # the check finds them
+    pieces = _pieces(shuffled, smol_tokenizer)
+    found = [any(p in d for d in first_tenth) for p in pieces]
+    # The batch starts elsewhere, and spans documents from all over the split: about a tenth of its pieces
+    # may come from the first tenth of the files by chance (seed 0: 2 of 35), not all of them.
+    assert len(pieces) >= 8 and not found[0] and sum(found) < len(found) / 3, found
+
+
+def test_same_seed_same_order_other_seed_other_order(smol_tokenizer):
+    a = _first_batch(RunConfig(seed=3), smol_tokenizer)
+    assert torch.equal(a, _first_batch(RunConfig(seed=3), smol_tokenizer))
+    assert not torch.equal(a, _first_batch(RunConfig(seed=4), smol_tokenizer))
+
+
+def test_no_shuffle_reproduces_the_stream_order_of_before(smol_tokenizer):
+    """--no-shuffle feeds the batches that sae-hooks train fed before documents were shuffled."""
+    import itertools
+
+    from sae_hooks.data import CorpusConfig, iter_batches
+    from sae_hooks.run import training_batches
+
+    cfg = RunConfig(shuffle=False)
+    before = iter_batches(smol_tokenizer, CorpusConfig(source="stdlib", ctx=128), 32, max_tokens=1_000_000)
+    for a, b in itertools.islice(zip(training_batches(cfg, smol_tokenizer), before), 3):
+        assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.mask, b.mask)
+    cli_cfg = cli_config(["--no-shuffle"])
+    assert cli_cfg == cfg and cli_cfg.fingerprint()["shuffle"] is False
+
+
+def test_held_out_block_is_never_shuffled(smol_tokenizer):
+    from sae_hooks.data import load_token_tensor
+    from sae_hooks.run import held_out_corpus
+
+    blocks = [load_token_tensor(smol_tokenizer, held_out_corpus(RunConfig(shuffle=sh, seed=seed)), 2048).input_ids
+              for sh, seed in ((False, 0), (True, 0), (True, 7))]
+    assert all(torch.equal(blocks[0], b) for b in blocks[1:])
+    assert held_out_corpus(RunConfig(seed=7)).split == "eval" and not held_out_corpus(RunConfig()).shuffle_docs
+
+
 @pytest.mark.slow
 def test_real_model_short_run(tmp_path):
     """End to end on SmolLM2 at the default hook: a short run already explains most variance."""
