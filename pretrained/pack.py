@@ -4,6 +4,7 @@
           --command "sae-hooks train ... --out RUN" --description "TopK, k=32, late layer"
     $ python pretrained/pack.py measure smollm2-l28-topk      # runs `sae-hooks eval --sae pretrained:NAME ...`
     $ python pretrained/pack.py check                          # registry against the folders (sizes, sha256, shapes)
+    $ python pretrained/pack.py table                          # the registry as README.md's markdown table
 
 ``add`` writes ``pretrained/NAME`` in the SAELens v6 layout our saver writes (cfg.json +
 sae_weights.safetensors) with the dense matrices stored as float16: W_enc and W_dec are ~99.8 % of
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -132,13 +134,15 @@ def measure(names: list[str], tokens: int, commit: str | None) -> None:
             raise SystemExit(f"No registry entry {name!r}; have {', '.join(reg.names)}.")
         command = EVAL.format(name=name, tokens=tokens)
         argv = shlex.split(command)
-        out = subprocess.run([sys.executable, "-m", "sae_hooks", *argv[1:]], capture_output=True, text=True)
+        # The subprocess may run another copy of sae_hooks (PYTHONPATH, e.g. a clean export of a commit): point it
+        # at these SAE folders explicitly.
+        env = {**os.environ, "SAE_HOOKS_PRETRAINED": str(HERE)}
+        out = subprocess.run([sys.executable, "-m", "sae_hooks", *argv[1:]], capture_output=True, text=True, env=env)
         if out.returncode != 0:
             raise SystemExit(f"{command} failed: {out.stderr[-2000:]}")
         got = json.loads(out.stdout.strip().splitlines()[-1])
         metrics = {"command": command, "commit": commit, **{k: got[k] for k in METRIC_KEYS},
                    "hook": got.get("hook"), "split": got.get("split"), "corpus": got.get("corpus")}
-        reg = load_registry(HERE)  # re-read: nothing else may have changed it meanwhile, but cheap
         entries = [e if e.name != name else _with_metrics(e, metrics) for e in reg.entries]
         write_registry(reg._replace(entries=entries))
         print(f"{name}: FVU {metrics['fvu']:.4f}  L0 {metrics['l0']:.1f}  dead {metrics['dead_frac']:.2%}  "
@@ -167,6 +171,26 @@ def check() -> Registry:
     return reg
 
 
+def markdown() -> str:
+    """The registry as the markdown table of pretrained/README.md."""
+    reg = load_registry(HERE)
+    lines = ["| name | hook | architecture | latents | k | training tokens | FVU | L0 | dead | recaptured (zero) | "
+             "recaptured (mean) | ΔCE | KL | MB |", "|" + " --- |" * 14]
+    for e in reg.entries:
+        m = e.metrics or {}
+
+        def f(key, spec):
+            return format(m[key], spec) if key in m else "-"
+
+        lines.append(f"| `{e.name}` | `{e.hook}` | {e.architecture} | {e.d_sae:,} | {e.k if e.k is not None else '-'} | "
+                     f"{e.training['tokens']:,} | {f('fvu', '.3f')} | {f('l0', '.1f')} | {f('dead_frac', '.1%')} | "
+                     f"{f('recaptured_zero', '.3f')} | {f('recaptured_mean', '.3f')} | {f('delta_ce', '.3f')} | "
+                     f"{f('kl', '.3f')} | {e.size / 1e6:.1f} |")
+    total = sum(e.size for e in reg.entries)
+    lines.append(f"\n{len(reg.entries)} SAEs, {total:,} bytes.")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -180,15 +204,20 @@ def main(argv: list[str] | None = None) -> int:
     m = sub.add_parser("measure", help="run `sae-hooks eval` on registered SAEs and store the figures")
     m.add_argument("names", nargs="*", help="registry names (default: all)")
     m.add_argument("--tokens", type=int, default=50_000, help="held-out tokens")
+    m.add_argument("--commit", default=None, help="commit of the sae_hooks that measures (default: HEAD, -dirty if "
+                   "sae_hooks/ has uncommitted changes)")
     sub.add_parser("check", help="registry against folders")
+    sub.add_parser("table", help="print the registry as the markdown table of pretrained/README.md")
     args = p.parse_args(argv)
     if args.cmd == "add":
         entry = add(args.src, args.name, args.command, args.description, args.commit or _git("rev-parse", "HEAD"),
                     args.wall_s)
         print(f"{entry.name}: {entry.size:,} bytes, {entry.tensors}")
     elif args.cmd == "measure":
-        commit = _git("rev-parse", "HEAD") + ("-dirty" if _git("status", "--porcelain", "--", "../sae_hooks") else "")
+        commit = args.commit or _git("rev-parse", "HEAD") + ("-dirty" if _git("status", "--porcelain", "--", "../sae_hooks") else "")
         measure(args.names or load_registry(HERE).names, args.tokens, commit)
+    elif args.cmd == "table":
+        print(markdown())
     else:
         check()
     return 0

@@ -60,8 +60,8 @@ def test_shipped_sae_encodes_with_l0_k(shipped):
 
 def test_weights_are_tracked_by_git_and_within_budget():
     files = [p for p in (ROOT / "pretrained").rglob("*") if p.is_file()]
-    # Budget for weights in git: under ~12 MB in all.
-    assert sum(p.stat().st_size for p in files) < 12_000_000
+    # Budget for weights in git: 64 MB in all (the whole zoo, registry.json checks each file).
+    assert sum(p.stat().st_size for p in files) <= 64_000_000
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
     weights = SHIPPED / "sae_weights.safetensors"
@@ -78,7 +78,7 @@ def test_unknown_name_lists_available_and_where(no_env):
     with pytest.raises(FileNotFoundError) as e:
         resolve_sae_path("pretrained:no-such-sae")
     msg = str(e.value)
-    assert "'no-such-sae'" in msg and f"Available: {NAME}" in msg
+    assert "'no-such-sae'" in msg and NAME in msg.split("Available: ")[1]
     assert str(ROOT / "pretrained") in msg and PRETRAINED_ENV in msg
 
 
@@ -100,7 +100,8 @@ def test_env_folder_is_searched_first(monkeypatch, tmp_path):
     with pytest.raises(FileNotFoundError) as e:
         resolve_sae_path("pretrained:nope")
     msg = str(e.value)
-    assert f"Available: mine, {NAME}." in msg  # folders without cfg.json are not offered
+    available = msg.split("Available: ")[1].split(". ")[0].split(", ")
+    assert "mine" in available and NAME in available and "not-an-sae" not in available  # folders without cfg.json are not offered
     assert str(tmp_path) in msg and str(ROOT / "pretrained") in msg
 
 
@@ -116,7 +117,7 @@ def test_cli_reports_unknown_name(no_env, capsys):
     for cmd in (["eval"], ["steer", "--edit", "1:add:1", "--prompt", "Hi"]):
         assert main(cmd + ["--sae", "pretrained:nope", "--json"]) == 1
         err = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["error"]
-        assert f"Available: {NAME}" in err, cmd
+        assert NAME in err.split("Available: ")[1], cmd
 
 
 @pytest.mark.slow

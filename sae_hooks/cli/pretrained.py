@@ -44,7 +44,7 @@ def table(entries) -> str:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from ..pretrained import load_registry, resolve_pretrained, verify_entry
+    from ..pretrained import ENV, load_registry, resolve_pretrained, verify_entry
 
     reg = load_registry()
     if args.action in ("show", "path") and len(args.names) != 1:
@@ -57,8 +57,8 @@ def run(args: argparse.Namespace) -> dict:
         entry = reg.get(name)
         if entry is None:
             resolve_pretrained(name)  # raises the error with close matches and every available name
-            raise ValueError(f"{name!r} is a pretrained SAE from ${'SAE_HOOKS_PRETRAINED'}, not in the shipped registry; "
-                             f"`{args.action}` reads the registry.")
+            raise ValueError(f"{name!r} is an SAE folder under ${ENV}, not in the shipped registry, which "
+                             f"`sae-hooks pretrained {args.action}` reads.")
         chosen.append(entry)
     root = reg.path.parent
 
