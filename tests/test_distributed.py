@@ -11,6 +11,8 @@ import time
 import pytest
 import torch
 
+from tests.test_train import tiny_env  # noqa: F401  (a fixture)
+
 WORKER = textwrap.dedent("""
     import sys, torch
     from sae_hooks.distributed import init_distributed, shutdown
@@ -82,3 +84,22 @@ def test_a_failing_rank_ends_the_whole_job(tmp_path):
     assert "rank 1 fails on purpose" in r.stderr
     assert time.perf_counter() - t0 < 150  # torchrun stopped rank 0, which was waiting in all_reduce
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_sae_hooks_train_under_torchrun(tiny_env, tmp_path):
+    """The whole run on 2 gloo ranks: rank 0 alone holds the folder and writes; both ranks finish together."""
+    import json
+
+    from tests.test_train import train_argv
+
+    out = tmp_path / "run"
+    argv = train_argv(tiny_env, out, "--tokens", "4096", "--eval-every", "0", "--checkpoint-every", "2")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "sae_hooks",
+           "train", *argv]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
+    assert r.returncode == 0, _why(r)
+    result = json.loads((out / "metrics.json").read_text())
+    assert result["world_size"] == 2 and result["steps"] == 4096 // 32 // 2 // 8 and result["rank"] == 0
+    assert json.loads((out / "run.json").read_text())["status"] == "finished"
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["ckpt_00000004.pt"]  # blocks of 4 steps
+    assert sorted(p.name for p in (out / "saes").iterdir()) == ["topk_resid_post.1"]
