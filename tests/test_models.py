@@ -239,6 +239,11 @@ def test_every_subcommand_prints_json_last(tiny_run_inputs, tmp_path, capsys):
     results["steer"] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert main(["info", "--model", tiny_run_inputs[1], "--json"]) == 0
     results["info"] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    py = tmp_path / "py.jsonl"  # interp labels Python source, not words
+    py.write_text("".join(json.dumps({"text": "def f(a, b):\n    return a + b\n" * (1 + i % 3)}) + "\n" for i in range(60)))
+    assert main(["interp", "--sae", sae, "--model", tiny_run_inputs[1], "--corpus", str(py), "--split", "all", "--ctx",
+                 "32", "--tokens", "512", "--ks", "1", "--min-label-tokens", "2", "--json"]) == 0
+    results["interp"] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(results) == set(COMMANDS)  # a new subcommand must be added here
     assert results["train"]["tokens"] > 0 and results["eval"]["hook"] == "resid_post.1"
     assert results["steer"]["edits"] == ["3:add:5"] and results["info"]["model"]["n_layers"] == 3
