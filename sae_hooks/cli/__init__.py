@@ -38,6 +38,7 @@ COMMANDS: dict[str, str] = {
     "features": "features",
     "dashboard": "dashboard",
     "synth": "synth",
+    "progressive": "progressive",
     "interp": "interp",
 }
 
