@@ -311,3 +311,19 @@ def test_site_in_headless_chromium(chromium, site, tmp_path):
     ink = (img.min(-1) < 0.6).mean()  # text, tables, bars
     orange = ((img[..., 0] - img[..., 2]) > 0.25).mean()  # shaded tokens and histogram bars
     assert ink > 0.005 and orange > 0.0005, (ink, orange)
+
+
+@pytest.mark.slow
+def test_cli_features_on_a_pretrained_sae_and_the_real_model(smollm2, capsys):
+    # smollm2: converts the embedded model once, before the CLI loads it by name.
+    rc, out = _cli(capsys, ["features", "--sae", "pretrained:smollm2-l6-topk", "--tokens", "4096", "--contexts", "4",
+                            "--progress", "off", *[a for i in range(10) for a in ("--latent", str(i))]])
+    assert rc == 0, out
+    assert out["hook"] == "resid_post.6" and out["d_sae"] == 4608 and 3900 <= out["tokens"] <= 4096
+    fired = [r for r in out["latents"] if r["fires"]]
+    assert fired, "none of latents 0..9 fired on 4,096 held-out tokens"
+    for r in fired:
+        assert len(r["top_contexts"]) == min(4, r["fires"]) and r["quantiles"]["p99"] <= r["max"] + 1e-4
+        c = r["top_contexts"][0]
+        assert c["activation"] == pytest.approx(r["max"]) and f"«{c['token']}»" in c["text"]
+        assert all(isinstance(t["token"], str) for t in r["promoted"] + r["suppressed"])
