@@ -286,3 +286,15 @@ def test_labelled_tokens_refuses_pretokenized_rows_and_slow_tokenizers(tiny_toke
 
     with pytest.raises(ValueError, match="need a fast tokenizer"):
         labelled_tokens(Slow(), CorpusConfig(split="eval"), 16)
+
+
+@pytest.mark.parametrize("settings", [{}, {"separator": "bos"}, {"prepend_bos": True, "exclude_first": 2}])
+def test_python_documents_pack_exactly_like_training_data(tiny_tokenizer, tmp_path, settings):
+    from sae_hooks.data import load_token_tensor
+
+    cfg = CorpusConfig(source=write_corpus(tmp_path / "p.jsonl", PY_DOCS * 4), split="all", ctx=16, **settings)
+    toks = labelled_tokens(tiny_tokenizer, cfg, 160)
+    ref = load_token_tensor(tiny_tokenizer, cfg, 160)
+    assert torch.equal(toks.input_ids, ref.input_ids) and torch.equal(toks.mask, ref.mask)
+    special = torch.isin(toks.input_ids, torch.tensor([tiny_tokenizer.bos_token_id, tiny_tokenizer.eos_token_id]))
+    assert not toks.labels[special].any() and toks.labels[~special].any()

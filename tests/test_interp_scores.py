@@ -230,8 +230,20 @@ def test_interp_end_to_end_with_baselines(tiny_hf, tiny_tokens):
 
 
 def test_interp_refuses_an_sae_of_another_width(tiny_hf, tiny_tokens):
-    with pytest.raises(ValueError, match="32"):
+    with pytest.raises(ValueError, match="width mismatch at resid_post.1: the SAE reads d_in=32 .* has width 64"):
         interp(tiny_hf, tiny_sae(d_in=32), tiny_tokens, config=InterpConfig(ks=(1,)))
+
+
+def test_interp_refuses_an_sae_of_another_hook_or_model_as_eval_does(tiny_hf, tiny_tokens):
+    cfg = InterpConfig(ks=(1,), min_label_tokens=5, baselines=())
+    with pytest.raises(ValueError, match=r"trained at 'blocks.1.hook_resid_post' \(= resid_post.1\) but is applied at "
+                                         r"resid_post.2.*allow_hook_mismatch=True"):
+        interp(tiny_hf, tiny_sae(), tiny_tokens, hook="resid_post.2", config=cfg)
+    report = interp(tiny_hf, tiny_sae(), tiny_tokens, hook="resid_post.2", config=cfg, allow_hook_mismatch=True)
+    assert report.hooks == {"sae": "resid_post.2"}
+    other_model = make_sae("topk", 64, 128, k=4, seed=0, metadata={"hook_name": "resid_post.1", "model_name": "gpt2"})
+    with pytest.raises(ValueError, match="names model 'gpt2'.*Refusing"):
+        interp(tiny_hf, other_model, tiny_tokens, config=cfg, strict=True)
 
 
 def test_interp_refuses_too_few_sequences(tiny_hf, tiny_tokens):
@@ -239,3 +251,18 @@ def test_interp_refuses_too_few_sequences(tiny_hf, tiny_tokens):
                                labels=tiny_tokens.labels[:1])
     with pytest.raises(ValueError, match="sequences on both sides of the held-out draw"):
         interp(tiny_hf, tiny_sae(), one)
+
+
+@pytest.mark.slow
+def test_pretrained_topk_beats_both_baselines_on_k1_probing(smollm2):
+    """The project's TopK SAE on held-out stdlib code: its single most label-specific latent probes
+    better than a random SAE's and than a residual coordinate (57k tokens: 0.52 vs 0.32 and 0.19)."""
+    from sae_hooks.cli.evaluate import resolve_sae_path
+    from sae_hooks.sae import load_sae
+
+    sae = load_sae(resolve_sae_path("pretrained:smollm2-l6-topk"))
+    toks = labelled_tokens(smollm2.tokenizer, CorpusConfig(split="eval"), 12_800)
+    report = interp(smollm2, {"topk": sae}, toks, config=InterpConfig(ks=(1,)))
+    assert report.hooks == {"topk": "resid_post.6"} and len(report.saes["topk"].best) >= 15
+    margins = report.margins()["topk"]
+    assert margins["random"]["probe_f1_k1"] > 0 and margins["residual"]["probe_f1_k1"] > 0, margins

@@ -26,6 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hook", default=None, help="hook point (default: each SAE metadata's hook_name)")
     p.add_argument("--allow-hook-mismatch", action="store_true",
                    help="score an SAE at a hook other than the one its metadata names")
+    p.add_argument("--strict", action="store_true", help="refuse an SAE whose metadata names another model")
     p.add_argument("--tokens", type=int, default=50_000,
                    help="tokens fed to the model (rounded up to whole sequences; the stdlib eval split of "
                         "CPython 3.11 holds ~57,000 tokens of Python)")
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> dict:
     tokens = labelled_tokens(adapter.tokenizer, corpus, args.tokens, max_positions=adapter.max_positions)
     t1 = time.perf_counter()
     report = interp(adapter, saes, tokens, hook=args.hook, config=config, batch_size=args.batch_size,
-                    allow_hook_mismatch=args.allow_hook_mismatch)
+                    allow_hook_mismatch=args.allow_hook_mismatch, strict=args.strict)
     t2 = time.perf_counter()
     if args.latent_table:
         table = {name: [r._asdict() for r in s.latent_labels]

@@ -147,14 +147,17 @@ def interp(
     config: InterpConfig | None = None,
     batch_size: int = 8,
     allow_hook_mismatch: bool = False,
+    strict: bool = False,
 ) -> InterpReport:
     """Interpretability scores of one SAE or a ``{name: SAE}`` mapping, with baselines, from one model pass.
 
         >>> report = interp(adapter, sae, labelled_tokens(adapter.tokenizer, CorpusConfig(split="eval"), 50_000))
         >>> print(report.table())
 
-    ``hook=None`` scores each SAE at the hook its metadata names; an SAE whose metadata names another
-    hook, or whose width does not match the hook's, is refused as in ``evaluate`` (``resolve_hook``).
+    ``hook=None`` scores each SAE at the hook its metadata names. As in ``evaluate`` (the same
+    ``resolve_hook``): an SAE whose metadata names another hook is refused unless
+    ``allow_hook_mismatch``, one whose width does not fit the hook always; one whose metadata names
+    another model warns, or is refused with ``strict``.
     """
     config = config or InterpConfig()
     named = dict(saes) if isinstance(saes, Mapping) else {"sae": saes}
@@ -163,7 +166,7 @@ def interp(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"interp: batch_size={batch_size!r}; it must be an int >= 1.")
     kw = {"allow_hook_mismatch": True} if allow_hook_mismatch else {}
-    hooks = {name: resolve_hook(adapter, sae, hook, **kw) for name, sae in named.items()}
+    hooks = {name: resolve_hook(adapter, sae, hook, strict=strict, **kw) for name, sae in named.items()}
     n_seq = tokens.input_ids.shape[0]
     n_test = round(config.test_fraction * n_seq)
     if n_seq < 2 or not 0 < n_test < n_seq:
