@@ -11,7 +11,7 @@ atomic), are flushed to disk with fsync, and the temporary file then replaces th
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 __all__ = ["atomic_write_bytes", "atomic_write_text"]
@@ -23,7 +23,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         atomic_write_bytes("out/sae.safetensors", blob)
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # os.open with 0o666 leaves the permissions to the umask, like any new file (tempfile.mkstemp's are
+    # private to the user, and run folders and SAEs are shared).
+    tmp = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
