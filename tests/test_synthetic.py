@@ -199,6 +199,10 @@ def test_run_synth_trains_through_the_trainer_and_summarises(tmp_path):
     mp = summ[("sup", "matching_pursuit")]
     assert -1 <= mp.mean["mcc"] <= 1 and mp.mean["l0"] <= 2 + 1e-9 and mp.sd["mcc"] >= 0
     assert summ[("paper", "topk")].mean["l0"] <= 2 + 1e-9
+    oracle_row = next(r for r in res.rows if r.arch == "oracle" and r.condition == "paper")
+    assert oracle_row.fired_babel[0] == pytest.approx(0.1, abs=1e-5)  # the truth: siblings at cosine 0.1
+    assert oracle_row.babel[1] == pytest.approx(0.2, abs=1e-5) and math.isnan(oracle_row.babel[25])  # 20 atoms
+    assert summ[("paper", "oracle")].mean["fired_mu1_2"] == pytest.approx(0.2, abs=1e-5)
     table = res.table()
     assert "| paper | 20 | topk |" in table and "±" in table and "MCC =" in table
     res.plot(tmp_path / "p.png")

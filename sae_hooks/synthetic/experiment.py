@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from ..geometry import babel
 from ..sae import ARCHITECTURES, SAE, make_sae
 from ..trainer import Target, TrainConfig, Trainer
 from .score import SCORE_DEFINITIONS, ToyScore, mean_sd, score_oracle, score_sae
@@ -107,6 +108,10 @@ class SynthRow(NamedTuple):
     score: ToyScore
     train_seconds: float
     """Wall time of the whole training run this SAE was part of (all architectures together)."""
+    babel: list[float]
+    """Babel function μ₁(s), s = 1..32, of the dictionary (NaN where s >= its number of atoms)."""
+    fired_babel: list[float]
+    """The same over the atoms that fire on the held-out samples."""
 
 
 @contextlib.contextmanager
@@ -166,11 +171,22 @@ def run_one(condition: str, toy_cfg: ToyConfig, d_sae: int, cfg: SynthConfig, se
     saes = train_toy(toy, d_sae, cfg, seed)
     seconds = time.perf_counter() - t0
     held_out = toy.sample(cfg.n_eval, torch.Generator().manual_seed(10_000 + seed))
-    rows = [SynthRow(condition, d_sae, "oracle", seed, score_oracle(toy, held_out), 0.0)]
     with torch_threads(1):
+        rows = [SynthRow(condition, d_sae, "oracle", seed, score_oracle(toy, held_out), 0.0,
+                         *_babels(toy.directions, held_out.codes))]
         for arch, sae in saes.items():
-            rows.append(SynthRow(condition, d_sae, arch, seed, score_sae(sae, toy, held_out), seconds))
+            with torch.no_grad():
+                codes = sae.encode(held_out.x)
+            rows.append(SynthRow(condition, d_sae, arch, seed, score_sae(sae, toy, held_out), seconds,
+                                 *_babels(sae.W_dec, codes)))
     return rows
+
+
+def _babels(atoms: Tensor, codes: Tensor, s_max: int = 32) -> tuple[list[float], list[float]]:
+    """Babel μ₁(1..s_max) over all atoms and over the atoms that fire in ``codes``."""
+    fired = (codes != 0).any(0)
+    return babel(atoms, s_max).tolist(), babel(atoms[fired], s_max).tolist() if bool(fired.any()) else \
+        [float("nan")] * s_max
 
 
 def _job(args: tuple) -> list[SynthRow]:
@@ -224,6 +240,8 @@ class SynthResult:
             mean, sd = {}, {}
             for field in ToyScore._fields:
                 mean[field], sd[field] = mean_sd([getattr(r.score, field) for r in picked])
+            for s in (2, 8):  # Babel μ₁(s) over the atoms that fire
+                mean[f"fired_mu1_{s}"], sd[f"fired_mu1_{s}"] = mean_sd([r.fired_babel[s - 1] for r in picked])
             out.append(SummaryRow(cond, d_sae, arch, len(picked), mean, sd))
         return out
 
@@ -249,7 +267,8 @@ class SynthResult:
             "summary": [{"condition": s.condition, "d_sae": None if s.d_sae < 0 else s.d_sae, "arch": s.arch,
                          "n_seeds": s.n_seeds, "mean": s.mean, "sd": s.sd} for s in self.summary()],
             "runs": [{"condition": r.condition, "d_sae": r.d_sae, "arch": r.arch, "seed": r.seed,
-                      "train_seconds": r.train_seconds, **r.score.to_dict()} for r in self.rows],
+                      "train_seconds": r.train_seconds, **r.score.to_dict(), "babel": r.babel,
+                      "fired_babel": r.fired_babel} for r in self.rows],
             "definitions": SCORE_DEFINITIONS,
         }
 
