@@ -1,7 +1,7 @@
 """What splicing an SAE into the live model costs: recaptured LM loss, ΔCE, KL, FVU, L0.
 
-Metrics (DESIGN.md "Metrics"), all over the *evaluated* tokens — positions kept by the token
-mask (position 0, the attention sink, and special tokens are excluded by default):
+Metrics, all over the *evaluated* tokens — positions kept by the token mask (position 0, the
+attention sink, and special tokens are excluded by default):
 
 - FVU = Σ‖x − x̂‖² / Σ‖x − x̄‖², pooled; explained variance = 1 − FVU.
 - L0 = mean number of non-zero latents per token; dead = never fired on these tokens;
@@ -18,13 +18,13 @@ Ablations replace the same positions the SAE replaces (``ablation_scope="evaluat
 three conditions differ only in what is written there. SAELens zero-ablates every position,
 the sink included (``ablation_scope="all"`` reproduces its number).
 
-On HF models the blocks below the hook run once per batch: the clean forward records the block
-inputs and the spliced / zero / mean conditions rerun only the blocks above the hook point
-(``resid_post.6``: blocks 7..). Every condition stops at the final normed hidden state; the head
-then runs over the counted positions only, one product per 1,024-token vocabulary tile for all
-conditions at once (their hidden rows stacked: [conditions × up to 512 positions, d]), and the
-per-tile statistics (row maxima, Σ exp, the KL dot products) are combined in float64, so no
-[batch, pos, vocab] logits are ever built (``_head_stats``).
+The blocks below the hook point run once per batch: the clean forward records their calls and the
+spliced / zero / mean conditions rerun only the blocks above the hook (``adapter.resume``;
+``resid_post.6``: blocks 7..; a backend that cannot resume reruns the whole forward). Where the
+adapter can stop before the head (``adapter.has_unembed``), every condition ends at the final
+normed hidden state and the head runs over the counted positions only, one stacked product per
+vocabulary tile for all conditions (``logits.token_stats``), so no [batch, pos, vocab] logits are
+built.
 
     >>> report = evaluate(adapter, sae, load_token_tensor(tok, CorpusConfig(split="eval"), 50_000))
     >>> report.recaptured_zero, report.delta_ce, report.fvu
@@ -34,21 +34,21 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from .adapters.base import Adapter, HookFn
-from .data import TokenBatch, make_mask
-from .splice import check_width, reconstruct
+from .data import TokenBatch
+from .logits import LogitRows, counted, from_hidden, from_logits, token_stats
+from .splice import MetadataMismatchWarning, reconstruct, resolve_hook, token_batch
 
 DENSE_THRESHOLD = 0.1
-"""A latent firing on more than this fraction of evaluated tokens counts as dense (DESIGN.md)."""
+"""A latent firing on more than this fraction of evaluated tokens counts as dense."""
 
 ABLATION_SCOPES = ("evaluated", "all")
 
@@ -60,10 +60,6 @@ METRIC_DEFINITIONS = (
     "mean-ablation (mean over evaluated tokens); delta_CE = CE_spliced - CE_clean; "
     "KL = mean per-token KL(p_clean || p_spliced). Evaluated tokens exclude the first position(s) and special tokens."
 )
-
-
-class MetadataMismatchWarning(UserWarning):
-    """The SAE's metadata names another model or hook point than the one it is evaluated on."""
 
 
 @dataclass(frozen=True)
@@ -177,69 +173,20 @@ class EvalReport:
 
 
 # ---------------------------------------------------------------------------------------------
-# Checks on what is evaluated
-
-
-def _model_key(name: Any) -> str:
-    return str(name).rstrip("/").rsplit("/", 1)[-1].strip().lower()
-
-
-def _mismatch(msg: str, strict: bool) -> None:
-    if strict:
-        raise ValueError(msg + " (strict mode: refusing; drop --strict to evaluate anyway).")
-    warnings.warn(msg + " Evaluating anyway; pass strict=True (--strict) to make this an error.",
-                  MetadataMismatchWarning, stacklevel=3)
-
-
-def resolve_hook(adapter: Adapter, sae: Any, hook: str | None = None, *, strict: bool = False) -> str:
-    """The canonical hook point to evaluate ``sae`` at, after checking width and metadata.
-
-    ``hook=None`` takes the SAE's ``metadata["hook_name"]`` in any spelling the adapter knows
-    (``resid_post.6``, ``blocks.6.hook_resid_post``, ``model.layers.6``). A metadata model or hook
-    that differs from the one used warns (``MetadataMismatchWarning``), or raises with ``strict``.
-
-        >>> resolve_hook(adapter, sae)           # from the SAE's metadata
-        'resid_post.6'
-    """
-    meta = getattr(sae, "metadata", None) or {}
-    meta_hook = meta.get("hook_name")
-    if hook is None:
-        if not meta_hook:
-            raise ValueError(
-                "No hook point given and the SAE's metadata names none (metadata['hook_name'] is missing). "
-                "Pass hook='resid_post.6' (CLI: --hook resid_post.6)."
-            )
-        try:
-            name = adapter.canonical(meta_hook)
-        except ValueError as e:
-            raise ValueError(f"The SAE's metadata names hook point {meta_hook!r}, which {adapter.name} does not have: {e} "
-                             "Pass the hook point explicitly.") from None
-    else:
-        name = adapter.canonical(hook)
-        if meta_hook:
-            try:
-                meta_name = adapter.canonical(meta_hook)
-            except ValueError:
-                meta_name = None
-            if meta_name != name:
-                _mismatch(f"The SAE was trained at {meta_hook!r}"
-                          f"{'' if meta_name is None else f' (= {meta_name})'} but is evaluated at {name}.", strict)
-    model_name = meta.get("model_name")
-    if model_name and _model_key(model_name) != _model_key(adapter.name):
-        _mismatch(f"The SAE's metadata names model {model_name!r} but it is evaluated on {adapter.name!r}.", strict)
-    return check_width(adapter, name, sae)
+# What is evaluated
 
 
 def inference_view(sae: Any, *, width: int | None = None, k: int | None = None,
                    residual_threshold: float | None = None) -> tuple[Any, dict[str, Any]]:
     """(SAE to evaluate, encode kwargs) for a Matryoshka prefix ``width`` or an MP inference ``k`` /
-    ``residual_threshold``, with a clear error where the SAE has no such knob.
+    ``residual_threshold``, with a clear error where the SAE has no such knob
+    (``sae.inference_variant``).
 
         >>> small, kw = inference_view(matryoshka_sae, width=1152)
         >>> mp, kw = inference_view(mp_sae, k=16)        # kw == {"k": 16}
     """
-    view, kw = sae.inference_variant(width=width, k=k, residual_threshold=residual_threshold)
-    return view, kw
+    view = sae.inference_variant(width=width, k=k, residual_threshold=residual_threshold)
+    return view.sae, dict(view.encode_kwargs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,159 +227,6 @@ class _Stats:
         return self.sum_x / self.n_act
 
 
-CHUNK_ROWS = 512
-"""Most positions per block of the head product (each block streams the whole head weight once)."""
-
-STACK_ROWS = 2048
-"""Most rows of one head product. Where every condition comes from a final hidden state, their rows for
-a block of positions are stacked into one [conditions × positions, d] operand, so each vocabulary
-tile is one larger product instead of one per condition; a block then holds
-min(CHUNK_ROWS, STACK_ROWS // conditions) positions. Measured on SmolLM2 (1,008 positions, 4
-conditions, fp32, 2 threads): head + statistics 0.85 s stacked against 0.95–1.00 s one product per
-condition."""
-
-VOCAB_TILE = 1024
-"""Vocabulary columns per tile of the head product. The [conditions × positions, 1024] tile of logits
-(8 MB at most) is reduced right after the product, so [pos, vocab] logits never exist. Measured on
-SmolLM2 (1,008 positions, 3 conditions, fp32, 2 threads, one product per condition): head +
-statistics 0.82 s in tiles, against 0.83 s for the bare head products over whole-vocabulary rows
-(512 at a time) and 0.96 s for those plus the log-softmax statistics taken 8 rows at a time."""
-
-
-class _Logits(NamedTuple):
-    """One condition's logits at the counted positions, produced tile by tile on demand."""
-
-    vocab: int
-    tile: Callable[[int, int, int, int], Tensor]
-    """(lo, hi, v0, v1) → logits [hi − lo, v1 − v0] of counted positions lo:hi, columns v0:v1."""
-    hidden: Tensor | None = None
-    """The final normed hidden state at the counted positions [n, d], where the logits are
-    ``head(hidden)``: conditions sharing ``head`` are stacked into one product per tile."""
-    head: Callable[[Tensor, slice], Tensor] | None = None
-    """(hidden rows, vocabulary columns) → logits, e.g. ``adapter.unembed``."""
-    source: Tensor | None = None
-    """The tensor the tiles are read from (the hidden rows, or the full logits indexed by ``at``): two
-    conditions with equal sources read the same way have equal logits, and are computed once."""
-    at: Tensor | None = None
-    """The flat positions read from ``source`` when it holds full logits."""
-
-    def same_as(self, other: "_Logits") -> bool:
-        """Whether ``other`` has the same logits by construction (equal source, read the same way)."""
-        if other is self:
-            return True
-        if self.source is None or other.source is None or self.head != other.head or self.at is not other.at:
-            return False
-        return self.source.shape == other.source.shape and torch.equal(self.source, other.source)
-
-
-def _counted(ids: Tensor, m: Tensor) -> tuple[Int[Tensor, " n"], Int[Tensor, " n"]]:
-    """Flat indices into [batch·pos] of the positions whose next-token loss counts (evaluated and not
-    last), row-major like ``m[:, :-1][...]``, and the token each of them predicts."""
-    lm = m[:, :-1]
-    flat = torch.arange(ids.numel(), device=ids.device).view(ids.shape)[:, :-1]
-    return flat[lm], ids[:, 1:][lm]
-
-
-def _from_hidden(adapter: Adapter, hidden: Float[Tensor, "batch pos d"], at: Tensor) -> _Logits:
-    """The head applied tile by tile to the final normed hidden state at the counted positions."""
-    h = hidden.reshape(-1, hidden.shape[-1])[at]  # [n, d]
-    head = adapter.unembed
-    return _Logits(adapter.vocab_size, lambda lo, hi, v0, v1: head(h[lo:hi], slice(v0, v1)), h, head, h)
-
-
-def _from_logits(logits: Float[Tensor, "batch pos vocab"], at: Tensor) -> _Logits:
-    flat = logits.reshape(-1, logits.shape[-1])  # [batch·pos, vocab], a view
-    return _Logits(flat.shape[-1], lambda lo, hi, v0, v1: flat[at[lo:hi], v0:v1], source=flat, at=at)
-
-
-_LOWEST = torch.finfo(torch.float32).min
-
-
-def _chunks(n: int, size: int):
-    return ((lo, min(n, lo + size)) for lo in range(0, n, size))
-
-
-def _head_stats(conds: Sequence[_Logits], targets: Int[Tensor, " n"], kl_to: Collection[int] = ()
-                ) -> tuple[list[Tensor], dict[int, Tensor]]:
-    """Next-token CE of every condition and KL(p_0 ‖ p_i) for each i in ``kl_to``, per counted position.
-
-    Conditions with the same logits by construction (``_Logits.same_as``: an identity SAE, a kept error
-    term, a zero SAE against zero-ablation) are computed once and share the result, so their CE is
-    equal and their KL to condition 0 exactly 0 on every CPU. Reducing them separately would not
-    guarantee it: the same hidden rows placed at two positions of one stacked head product may round
-    differently, depending on the CPU's matrix kernel.
-    """
-    unique: list[_Logits] = []
-    rep = []  # conds[i] is unique[rep[i]]'s logits
-    for c in conds:
-        j = next((u for u, d in enumerate(unique) if d.same_as(c)), None)
-        if j is None:
-            unique.append(c)
-            j = len(unique) - 1
-        rep.append(j)
-    ce_u, kl_u = _tile_stats(unique, targets, {rep[i] for i in kl_to if rep[i] != 0})
-    zero = torch.zeros(targets.shape[0], dtype=torch.float64, device=targets.device)
-    return [ce_u[j] for j in rep], {i: zero if rep[i] == 0 else kl_u[rep[i]] for i in kl_to}
-
-
-def _tile_stats(conds: Sequence[_Logits], targets: Int[Tensor, " n"], kl_to: Collection[int] = ()
-                ) -> tuple[list[Tensor], dict[int, Tensor]]:
-    """``_head_stats`` for conditions that are all different.
-
-    One pass over [conditions, rows, VOCAB_TILE] tiles of logits, taking from each tile its row
-    maxima m_t, Σ exp(l − m_t) and (against condition 0) Σ exp(l_0 − m_t)·(l_0 − l_i); the tiles are
-    then combined in float64: log Σ_v exp(l_v) = M + log Σ_t exp(m_t − M)·s_t with M = max_t m_t, and
-    KL(p_0 ‖ p_i) = Σ p_0·(l_0 − l_i) − lse_0 + lse_i. No [pos, vocab] tensor is ever built.
-    """
-    n, dev, n_c = targets.shape[0], targets.device, len(conds)
-    kls = sorted(kl_to)
-    vocab, head = conds[0].vocab, conds[0].head
-    stacked = head is not None and all(c.hidden is not None and c.head == head for c in conds)
-    tiles = list(_chunks(vocab, VOCAB_TILE))
-    ce = torch.empty(n_c, n, dtype=torch.float64, device=dev)
-    kl = torch.empty(len(kls), n, dtype=torch.float64, device=dev)
-    scratch: dict[tuple, Tensor] = {}
-
-    def buf(k: int, like: Tensor) -> Tensor:  # reused scratch tiles: a fresh one costs page faults
-        key = (k, *like.shape)
-        if key not in scratch:
-            scratch[key] = torch.empty_like(like)
-        return scratch[key]
-
-    for lo, hi in _chunks(n, max(1, min(CHUNK_ROWS, STACK_ROWS // n_c))):
-        r, t = hi - lo, targets[lo:hi]
-        t_max = torch.empty(len(tiles), n_c, r, device=dev)
-        t_sum = torch.empty_like(t_max)
-        t_dot = torch.empty(len(tiles), len(kls), r, device=dev)
-        target = torch.zeros(n_c, r, device=dev)
-        h = torch.cat([c.hidden[lo:hi] for c in conds]) if stacked else None
-        for j, (v0, v1) in enumerate(tiles):
-            # A fresh tensor either way: overwritten in place below.
-            if stacked:
-                logits = head(h, slice(v0, v1)).float().view(n_c, r, v1 - v0)
-            else:
-                logits = torch.stack([c.tile(lo, hi, v0, v1).float() for c in conds])
-            mx = logits.amax(-1, keepdim=True).clamp_(min=_LOWEST)  # a row of -inf tile: exp(l − m) = 0
-            t_max[j] = mx[..., 0]
-            inside = (t >= v0) & (t < v1)
-            col = (t - v0).clamp_(0, v1 - v0 - 1)[None, :, None].expand(n_c, r, 1)
-            torch.where(inside, logits.gather(-1, col)[..., 0], target, out=target)
-            if kls:  # exp(l_0 − m_0) before the tile is overwritten
-                e_0 = torch.sub(logits[0], mx[0], out=buf(0, logits[0])).exp_()
-                for q, i in enumerate(kls):
-                    torch.sum(torch.sub(logits[0], logits[i], out=buf(1, logits[0])).mul_(e_0), -1, out=t_dot[j, q])
-            torch.sum(logits.sub_(mx).exp_(), -1, out=t_sum[j])
-        m_t = t_max.double()  # [tiles, conditions, rows]
-        top = m_t.amax(0)
-        w = (m_t - top).exp_()
-        total = (t_sum.double() * w).sum(0)
-        ce[:, lo:hi] = (top - target.double()) + total.log()
-        for q, i in enumerate(kls):
-            cross = (t_dot[:, q].double() * w[:, 0]).sum(0) / total[0]
-            kl[q, lo:hi] = (cross + (top[i] - top[0]) + (total[i].log() - total[0].log())).clamp_min_(0)  # >= 0; rounding aside
-    return list(ce.unbind(0)), {i: kl[q] for q, i in enumerate(kls)}
-
-
 def _ratio(ablated: float, spliced: float, clean: float) -> float:
     den = ablated - clean
     return (ablated - spliced) / den if den != 0 else float("nan")
@@ -448,22 +242,6 @@ def _replace(value: Tensor | None, m: Tensor | None) -> HookFn:
         return torch.where(m[..., None].to(x.device), v, x)
 
     return fn
-
-
-def _as_tokens(adapter: Adapter, tokens: TokenBatch | Tensor, exclude_first: int) -> tuple[Tensor, Tensor]:
-    if isinstance(tokens, TokenBatch) or (isinstance(tokens, tuple) and len(tokens) == 2):
-        ids, mask = tokens
-    elif isinstance(tokens, Tensor):
-        ids = tokens if tokens.dim() == 2 else tokens[None]
-        special = adapter.tokenizer if adapter.tokenizer is not None else []
-        mask = make_mask(ids, special, exclude_first=exclude_first, exclude_special=adapter.tokenizer is not None)
-    else:
-        raise TypeError(f"tokens must be a TokenBatch(input_ids, mask) or an int tensor [batch, pos]; got {type(tokens).__name__}.")
-    if ids.dim() != 2 or tuple(mask.shape) != tuple(ids.shape):
-        raise ValueError(f"tokens: input_ids {tuple(ids.shape)} and mask {tuple(mask.shape)} must both be [batch, pos].")
-    if ids.shape[1] < 2:
-        raise ValueError(f"tokens have {ids.shape[1]} positions; next-token loss needs at least 2.")
-    return ids.long(), mask.bool()
 
 
 def _worst(stats: _Stats, ids: Tensor, tokenizer: Any, n: int, window: int = 24) -> tuple[WorstContext, ...]:
@@ -499,6 +277,7 @@ def evaluate_many(
     batch_size: int = 8,
     keep_error: bool = False,
     strict: bool = False,
+    allow_hook_mismatch: bool = False,
     top_contexts: int = 5,
     ablation_scope: str = "evaluated",
     encode_kwargs: Mapping[str, Any] | None = None,
@@ -507,10 +286,12 @@ def evaluate_many(
 ) -> list[EvalReport]:
     """Evaluate several SAEs (any hook points) on the same tokens, sharing the clean forward.
 
-    ``saes`` is a list of ``(hook, sae)``; ``hook=None`` uses the SAE's metadata. Each SAE is
-    spliced alone. ``tokens`` is a ``TokenBatch`` (its mask says which positions are evaluated) or
-    bare ids (mask: the first ``exclude_first`` positions and special tokens excluded).
-    ``shared_prefix=False`` forces plain full forwards (the reference path of the tests).
+    ``saes`` is a list of ``(hook, sae)``; ``hook=None`` uses the SAE's metadata, and a hook other than
+    the metadata's is refused unless ``allow_hook_mismatch`` (see ``splice.resolve_hook``; ``strict``
+    also refuses another model name). Each SAE is spliced alone. ``tokens`` is a ``TokenBatch`` (its
+    mask says which positions are evaluated) or bare ids (mask: the first ``exclude_first`` positions
+    and special tokens excluded). ``shared_prefix=False`` forces plain full forwards returning logits
+    (the reference path of the tests).
 
         >>> r3, r6 = evaluate_many(adapter, [("resid_post.3", sae3), (None, sae6)], held_out)
     """
@@ -520,28 +301,28 @@ def evaluate_many(
         raise ValueError(f"batch_size={batch_size!r}; it must be an int >= 1 (sequences per forward).")
     if not saes:
         raise ValueError("evaluate_many needs at least one (hook, sae) pair; got none.")
-    ids_all, mask_all = _as_tokens(adapter, tokens, exclude_first)
-    names = [resolve_hook(adapter, sae, hook, strict=strict) for hook, sae in saes]
-    sites = [adapter.resolve(n) for n in names]
+    ids_all, mask_all = token_batch(adapter, tokens, exclude_first=exclude_first)
+    names = [resolve_hook(adapter, sae, hook, allow_hook_mismatch=allow_hook_mismatch, strict=strict)
+             for hook, sae in saes]
     kw = dict(encode_kwargs or {})
     n_seq, ctx = ids_all.shape
     stats = [_Stats(int(sae.cfg.d_in), int(sae.cfg.d_sae), n_seq, ctx) for _, sae in saes]
-    # Blocks below the hook are shared by all four conditions: record them once (HF only). The
-    # clean forward then stops before the head, every condition returns its final normed hidden
-    # state, and the head runs tile by tile over the counted positions only (``_head_stats``).
-    use_prefix = (shared_prefix and hasattr(adapter, "forward_recording") and
-                  getattr(getattr(adapter, "family", None), "final_norm", None) is not None and
-                  adapter.model.get_output_embeddings() is not None and
-                  all(s.layer is not None for s in sites))
-    first_layer = min(s.layer for s in sites) if use_prefix else None
-    entries = {adapter.entry_layer(n) for n in names} if use_prefix else set()
-    kept: list[tuple[int, Tensor, Tensor, Any]] = []  # (row offset, ids, mask, prefix) for the mean pass
+    # Conditions end at the final normed hidden state where the adapter applies the head itself (the
+    # head then runs tile by tile over the counted positions only); else at logits. The clean forward
+    # records what the other conditions need to rerun only the blocks above their hook point.
+    hidden = shared_prefix and adapter.has_unembed
+    resume_at = sorted(set(names)) if shared_prefix else ()
+
+    def rows(out: Tensor, at: Tensor) -> LogitRows:
+        return from_hidden(out, at, adapter.unembed, adapter.vocab_size) if hidden else from_logits(out, at)
+
+    kept: list[tuple[Tensor, Tensor, Any]] = []  # (ids, mask, prefix) of every batch, for the mean pass
 
     for lo in range(0, n_seq, batch_size):
         ids = ids_all[lo: lo + batch_size].to(adapter.device)
         m = mask_all[lo: lo + batch_size].to(adapter.device)
         lm = m[:, :-1].cpu()
-        at, targets = _counted(ids, m)
+        at, targets = counted(ids, m)
         acts: dict[str, Tensor] = {}
 
         def grab(key: str) -> HookFn:
@@ -550,26 +331,23 @@ def evaluate_many(
 
             return fn
 
-        capture = {n: grab(n) for n in set(names)}
-        if use_prefix:
-            hidden, prefix = adapter.forward_recording(ids, layer=first_layer, hooks=capture, unembed=False)
-            prefix = _trim(prefix, entries, adapter.n_layers)
-            clean = _from_hidden(adapter, hidden, at)
-            del hidden
-        else:
-            prefix = None
-            clean = _from_logits(adapter.forward(ids, hooks=capture), at)
-        run = _runner(adapter, ids, at, prefix)
+        out, prefix = adapter.forward_recording(ids, hooks={n: grab(n) for n in set(names)}, resume_at=resume_at,
+                                                unembed=not hidden)
+        clean = rows(out, at)
+        del out
+
+        def run(name: str, fn: HookFn) -> LogitRows:
+            return rows(adapter.resume(prefix, {name: fn}, unembed=not hidden), at)
 
         ablate_mask = m if ablation_scope == "evaluated" else None
-        rows = slice(lo, lo + ids.shape[0])
-        pending: list[tuple[int, _Logits, _Logits]] = []
+        batch_rows = slice(lo, lo + ids.shape[0])
+        pending: list[tuple[int, LogitRows, LogitRows]] = []
 
         def flush() -> None:
-            # The clean tiles serve every pending SAE; plain forwards (logits) flush one SAE at a
+            # The clean rows serve every pending SAE; logits (not hidden states) flush one SAE at a
             # time so that only one SAE's [batch, pos, vocab] logits are alive.
             conds = [clean] + [c for _, s, a in pending for c in (s, a)]
-            ce, kl = _head_stats(conds, targets, kl_to={1 + 2 * j for j in range(len(pending))})
+            ce, kl = token_stats(conds, targets, kl_to={1 + 2 * j for j in range(len(pending))})
             ce_clean = ce[0].cpu()
             for j, (i, _, _) in enumerate(pending):
                 st = stats[i]
@@ -579,10 +357,11 @@ def evaluate_many(
                 st.ce["zero"] += float(ce_z.sum())
                 st.kl += float(kl_tok.sum())
                 st.n_pred += ce_clean.shape[0]
-                st.loss_delta[rows][lm] = (ce_s - ce_clean).float()
-                st.ce_clean_tok[rows][lm] = ce_clean.float()
+                st.loss_delta[batch_rows][lm] = (ce_s - ce_clean).float()
+                st.ce_clean_tok[batch_rows][lm] = ce_clean.float()
             pending.clear()
 
+        zero: dict[str, LogitRows] = {}  # zero-ablation depends on the hook point alone: one rerun per hook
         for i, (_, sae) in enumerate(saes):
             x = acts[names[i]]
             res = reconstruct(sae, x, keep_error=keep_error, mask=m, encode_kwargs=kw)
@@ -590,59 +369,44 @@ def evaluate_many(
             # With the error term kept and no edit the spliced activation is the clean one itself: the
             # spliced condition is the clean condition, not a rerun that should agree with it.
             spliced = clean if res.out is x else run(names[i], lambda a, out=res.out: out)
-            pending.append((i, spliced, run(names[i], _replace(None, ablate_mask))))
+            if names[i] not in zero:
+                zero[names[i]] = run(names[i], _replace(None, ablate_mask))
+            pending.append((i, spliced, zero[names[i]]))
             del res
-            if prefix is None:
+            if not hidden:
                 flush()
         if pending:
             flush()
-        del acts, clean
-        kept.append((lo, ids, m, prefix))
+        del acts, clean, zero
+        kept.append((ids, m, prefix))
 
-    # The mean activation is over all evaluated tokens, so mean-ablation needs a second pass.
+    # The mean activation is over all evaluated tokens, so mean-ablation needs a second pass. SAEs at one
+    # hook point share that mean (the same activations summed in the same order): one rerun per hook.
     means = [st.mean_act() for st in stats]
-    for lo, ids, m, prefix in kept:
-        at, targets = _counted(ids, m)
-        run = _runner(adapter, ids, at, prefix)
+    first: dict[str, int] = {}
+    owner = []  # owner[i]: the SAE whose mean-ablated CE SAE i takes
+    for i, name in enumerate(names):
+        j = first.setdefault(name, i)
+        owner.append(j if torch.equal(means[i], means[j]) else i)
+    own = sorted(set(owner))
+    for ids, m, prefix in kept:
+        at, targets = counted(ids, m)
         ablate_mask = m if ablation_scope == "evaluated" else None
-        # From the shared prefix every SAE's mean-ablated state goes into one stacked head pass;
-        # plain forwards one SAE at a time (each holds [batch, pos, vocab] logits).
-        for group in ([range(len(saes))] if prefix is not None else [[i] for i in range(len(saes))]):
-            conds = [run(names[i], _replace(means[i].float(), ablate_mask)) for i in group]
-            for i, ce_m in zip(group, _head_stats(conds, targets)[0]):
+        # Hidden states: every hook's mean-ablated state in one stacked head pass; logits one at a time
+        # (each holds [batch, pos, vocab] logits).
+        for group in ([own] if hidden else [[i] for i in own]):
+            conds = [rows(adapter.resume(prefix, {names[i]: _replace(means[i].float(), ablate_mask)},
+                                         unembed=not hidden), at) for i in group]
+            for i, ce_m in zip(group, token_stats(conds, targets).ce):
                 stats[i].ce["mean"] += float(ce_m.cpu().sum())
+    for i, j in enumerate(owner):
+        stats[i].ce["mean"] = stats[j].ce["mean"]
     kept.clear()
 
     reports = []
     for (_, sae), name, st in zip(saes, names, stats):
         reports.append(_report(sae, name, st, ids_all, adapter.tokenizer, keep_error, ablation_scope, top_contexts))
     return reports
-
-
-def _runner(adapter: Adapter, ids: Tensor, at: Tensor, prefix: Any) -> Callable[[str, HookFn], _Logits]:
-    """How one condition runs on this batch: ``run(hook, fn)`` gives the logits of the counted
-    positions ``at`` under ``fn``, from the shared prefix (final hidden state, head applied lazily
-    tile by tile) or, without a prefix, from a plain full forward."""
-
-    def run(name: str, fn: HookFn) -> _Logits:
-        if prefix is None:
-            return _from_logits(adapter.forward(ids, hooks={name: fn}), at)
-        return _from_hidden(adapter, adapter.resume(prefix, {name: fn}, unembed=False), at)
-
-    return run
-
-
-def _trim(prefix: Any, keep: set[int], n_layers: int) -> Any:
-    """Drop recorded hidden states of blocks no condition restarts from (they can be large)."""
-    from .adapters.hf import Prefix
-
-    calls = list(prefix.calls)
-    for i in range(prefix.layer, len(calls)):
-        if i in keep or calls[i] is None:
-            continue
-        args, kw = calls[i]
-        calls[i] = ((None, *args[1:]) if args else args, {k: v for k, v in kw.items() if k != "hidden_states"})
-    return Prefix(prefix.layer, calls, prefix.final if n_layers in keep else None)
 
 
 def _report(sae: Any, name: str, st: _Stats, ids: Tensor, tokenizer: Any, keep_error: bool,
@@ -683,6 +447,7 @@ def evaluate(
     batch_size: int = 8,
     keep_error: bool = False,
     strict: bool = False,
+    allow_hook_mismatch: bool = False,
     top_contexts: int = 5,
     ablation_scope: str = "evaluated",
     width: int | None = None,
@@ -701,8 +466,9 @@ def evaluate(
     """
     view, kw = inference_view(sae, width=width, k=k, residual_threshold=residual_threshold)
     return evaluate_many(adapter, [(hook, view)], tokens, batch_size=batch_size, keep_error=keep_error,
-                         strict=strict, top_contexts=top_contexts, ablation_scope=ablation_scope,
-                         encode_kwargs=kw, exclude_first=exclude_first, shared_prefix=shared_prefix)[0]
+                         strict=strict, allow_hook_mismatch=allow_hook_mismatch, top_contexts=top_contexts,
+                         ablation_scope=ablation_scope, encode_kwargs=kw, exclude_first=exclude_first,
+                         shared_prefix=shared_prefix)[0]
 
 
 __all__ = ["EvalReport", "MetadataMismatchWarning", "WorstContext", "evaluate", "evaluate_many",

@@ -23,14 +23,14 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from .adapters.base import Adapter
-from .data import TokenBatch, make_mask
-from .splice import check_width
+from .data import TokenBatch
+from .splice import check_width, token_mask
 
 MARK_OPEN, MARK_CLOSE = "«", "»"
 
 
 def _sae_codes(sae: Any, x: Tensor) -> Tensor:
-    return sae.encode(x.to(device=sae.W_dec.device, dtype=sae.W_dec.dtype))
+    return sae.encode(x.to(device=sae.device, dtype=sae.dtype))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,8 +148,7 @@ def harvest(
     for batch in batches:
         if isinstance(batch, Tensor):
             ids = batch if batch.dim() == 2 else batch[None]
-            mask = make_mask(ids, adapter.tokenizer if adapter.tokenizer is not None else [],
-                             exclude_special=adapter.tokenizer is not None)
+            mask = token_mask(adapter, ids)
         else:
             ids, mask = batch
         if ctx is None:
@@ -217,40 +216,6 @@ class LogitEffects(NamedTuple):
     """True when the final norm's gain was applied to the direction before W_U."""
 
 
-def _centers(norm: Any) -> bool:
-    """Whether a final norm subtracts the mean over d_model (LayerNorm) rather than only rescaling (RMSNorm)."""
-    norm = getattr(norm, "original_component", norm)  # the TL bridge wraps the HF module
-    return isinstance(norm, torch.nn.LayerNorm) or type(norm).__name__ in ("LayerNorm", "LayerNormPre")
-
-
-def _readout(adapter: Adapter) -> tuple[Float[Tensor, "vocab d"], Float[Tensor, " d"] | None, bool]:
-    """(W_U [vocab, d], final-norm gain or None, whether the norm centers) of either backend."""
-    model = adapter.model
-    if adapter.backend == "hf":
-        W = model.get_output_embeddings().weight
-        norm_path = getattr(getattr(adapter, "family", None), "final_norm", None)
-        gain, center = None, False
-        if norm_path is not None:
-            norm = model.get_submodule(norm_path)
-            center = _centers(norm)
-            w = getattr(norm, "weight", None)
-            if w is not None:
-                # Gemma's RMSNorm multiplies by (1 + weight).
-                gain = 1 + w if str(getattr(model.config, "model_type", "")).startswith("gemma") else w
-        return W, gain, center
-    W = model.W_U.T  # TransformerLens keeps W_U as [d_model, vocab]
-    gain, center = None, False
-    ln = getattr(model, "ln_final", None)
-    if ln is not None:
-        center = _centers(ln)
-        # HookedTransformer: ln_final.w (absent when folded into W_U); the bridge wraps the HF norm.
-        for pname, p in ln.named_parameters():
-            if pname.split(".")[-1] in ("w", "weight"):
-                gain = p
-                break
-    return W, gain, center
-
-
 @torch.no_grad()
 def logit_effects(adapter: Adapter, sae: Any, latent: int, *, k: int = 10, through_norm: bool = True) -> LogitEffects:
     """Tokens promoted / suppressed by adding latent ``latent``'s decoder direction to the residual.
@@ -268,7 +233,7 @@ def logit_effects(adapter: Adapter, sae: Any, latent: int, *, k: int = 10, throu
     d_sae = int(sae.cfg.d_sae)
     if isinstance(latent, bool) or not isinstance(latent, int) or not 0 <= latent < d_sae:
         raise ValueError(f"latent={latent!r} is out of range; this SAE has {d_sae} latents (0..{d_sae - 1}).")
-    W, gain, center = _readout(adapter)
+    W, gain, center = adapter.readout()
     d = sae.W_dec[latent].detach().to(device=W.device, dtype=torch.float32)
     if d.shape[0] != W.shape[1]:
         raise ValueError(f"logit_effects: the SAE's decoder rows have width {d.shape[0]} but the unembedding reads "

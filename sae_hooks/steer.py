@@ -2,8 +2,8 @@
 
 An edit changes one latent's code ``z_f`` at a hook point; the activation written back is the
 exact error-preserving form ``x + (decode(z_edited) - decode(z))`` (``keep_error=True``, the
-default; DESIGN.md), so an edit that changes nothing leaves the logits bitwise equal and ``add``
-moves the activation by ``value · W_dec[f]`` whatever the SAE fails to reconstruct.
+default), so an edit that changes nothing leaves the logits bitwise equal and ``add`` moves the
+activation by ``value · W_dec[f]`` whatever the SAE fails to reconstruct.
 
 Kinds (``Edit.parse("LATENT:KIND:VALUE")``):
 
@@ -15,8 +15,12 @@ Kinds (``Edit.parse("LATENT:KIND:VALUE")``):
 Positions: ``"all"``, ``"prompt"`` or ``"generated"``. With a KV cache, ``generate`` first runs
 the whole prompt (the prompt positions) and then one new token per forward (the generated
 positions); the hook sees only ``[batch, 1, d]`` then, so each hook keeps a position counter.
-The first ``exclude_first`` positions are never edited: position 0 is an attention sink in
-SmolLM2 (residual norms ~23,000) that no SAE is trained on.
+Where a backend reruns the whole sequence at every step, the adapter's ``generating`` state gives
+the prompt length. The first ``exclude_first`` positions are never edited: position 0 is an
+attention sink in SmolLM2 (residual norms ~23,000) that no SAE is trained on.
+
+An SAE is applied only at the hook point its metadata names unless ``allow_hook_mismatch=True``,
+the same check as ``evaluate`` (``splice.resolve_hook``).
 
     >>> with steer(adapter, {"resid_post.6": (sae, ["123:add:8"])}):
     ...     out = generate(adapter, prompt_ids, max_new_tokens=20)
@@ -26,20 +30,19 @@ SmolLM2 (residual norms ~23,000) that no SAE is trained on.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from .adapters.base import Adapter, HookFn
-from .data import TokenBatch, make_mask
-from .splice import Spliced, check_width, reconstruct
+from .data import TokenBatch
+from .logits import counted, from_hidden, from_logits, token_stats
+from .splice import Spliced, reconstruct, resolve_hook, token_batch
 
 EDIT_KINDS: tuple[str, ...] = ("add", "clamp", "scale", "ablate")
 POSITIONS: tuple[str, ...] = ("all", "prompt", "generated")
@@ -133,8 +136,9 @@ Interventions = Mapping[str, tuple[Any, Sequence["Edit | str"]]]
 """``{hook point: (sae, [edits])}``; edits as ``Edit`` or their string form."""
 
 
-def _normalize(adapter: Adapter, interventions: Interventions) -> dict[str, tuple[Any, tuple[Edit, ...]]]:
-    """Canonical hook names, parsed edits, latent ranges and SAE widths checked — before any hook."""
+def _normalize(adapter: Adapter, interventions: Interventions, *, allow_hook_mismatch: bool = False,
+               strict: bool = False) -> dict[str, tuple[Any, tuple[Edit, ...]]]:
+    """Canonical hook names, parsed edits, latent ranges, SAE widths and metadata checked — before any hook."""
     if not isinstance(interventions, Mapping) or not interventions:
         raise ValueError("steer() needs at least one {hook: (sae, [edits])} entry; got "
                          f"{interventions!r}. Example: {{'resid_post.6': (sae, ['123:add:8'])}}.")
@@ -146,7 +150,7 @@ def _normalize(adapter: Adapter, interventions: Interventions) -> dict[str, tupl
         if isinstance(edits, (str, Edit)):
             edits = [edits]
         edits = tuple(Edit.parse(e) for e in edits)
-        name = check_width(adapter, hook, sae)
+        name = resolve_hook(adapter, sae, hook, allow_hook_mismatch=allow_hook_mismatch, strict=strict)
         d_sae = int(sae.cfg.d_sae)
         for e in edits:
             if e.latent >= d_sae:
@@ -173,11 +177,13 @@ class SteerConfig:
     """Write ``x + (decode(z_edited) - decode(z))`` (exact; no edit ⇒ bitwise ``x``). False writes
     ``decode(z_edited)``, i.e. also replaces the activation by the SAE reconstruction."""
     exclude_first: int = 1
-    """Leading positions never edited. Position 0 is an attention sink (DESIGN.md); 0 edits it too."""
+    """Leading positions never edited. Position 0 is an attention sink (residual norms far above every
+    other position's) that no SAE is trained on; 0 edits it too."""
     prompt_len: int | None = None
-    """Prompt length. None: the positions of a forward that starts a sequence are the prompt, and
-    the one-token forwards of a KV-cached generation that follow it are generated. Give it for
-    generation without a KV cache (each step reruns the whole sequence)."""
+    """Prompt length. None: the prompt length of the adapter's ``generate`` in progress; outside one,
+    the positions of a forward that starts a sequence are the prompt, and the one-token forwards of
+    a KV-cached decoding that follow it are generated. Give it for a generation loop of your own
+    without a KV cache (each step reruns the whole sequence)."""
 
     def __post_init__(self) -> None:
         if self.positions not in POSITIONS:
@@ -190,12 +196,6 @@ class SteerConfig:
         if self.prompt_len is not None and (isinstance(self.prompt_len, bool) or not isinstance(self.prompt_len, int)
                                             or self.prompt_len < 1):
             raise ValueError(f"prompt_len={self.prompt_len!r}; it must be None or an int >= 1.")
-
-
-# Prompt length of the ``generate`` call in progress (None outside one). Lets the position counters
-# tell prompt from generated positions when a backend reruns the whole sequence at every step.
-_GENERATING_PROMPT_LEN: contextvars.ContextVar[int | None] = contextvars.ContextVar("_GENERATING_PROMPT_LEN",
-                                                                                  default=None)
 
 
 class _PositionCounter:
@@ -231,8 +231,9 @@ class Steering:
         ...     generate(adapter, ids, 10); s.edited_positions["resid_post.6"]
     """
 
-    def __init__(self, interventions: dict[str, tuple[Any, tuple[Edit, ...]]], cfg: SteerConfig,
+    def __init__(self, adapter: Adapter, interventions: dict[str, tuple[Any, tuple[Edit, ...]]], cfg: SteerConfig,
                  observe: Callable[[str, Spliced, Tensor], None] | None = None):
+        self.adapter = adapter
         self.interventions = interventions
         self.cfg = cfg
         self.observe = observe
@@ -249,8 +250,8 @@ class Steering:
         pos = torch.arange(start, start + t, device=device)
         if self.cfg.prompt_len is not None:
             prompt = self.cfg.prompt_len
-        elif _GENERATING_PROMPT_LEN.get() is not None:
-            prompt = _GENERATING_PROMPT_LEN.get()
+        elif self.adapter.generating is not None:
+            prompt = self.adapter.generating.prompt_len
         keep = pos >= self.cfg.exclude_first
         if self.cfg.positions == "prompt":
             keep &= pos < prompt
@@ -289,12 +290,15 @@ def steer(
     exclude_first: int = 1,
     prompt_len: int | None = None,
     observe: Callable[[str, Spliced, Tensor], None] | None = None,
+    allow_hook_mismatch: bool = False,
+    strict: bool = False,
 ) -> Iterator[Steering]:
     """Apply latent edits at one or several hook points for the duration of the block.
 
-    Works around any forward of the adapter and around ``generate`` (HF ``model.generate``,
-    TransformerLens ``generate``), with or without a KV cache (see ``SteerConfig.prompt_len``).
-    Everything is checked before a hook is attached; hooks are removed on exit, error or not.
+    Works around any forward of the adapter and around ``generate`` (the backend's own generation),
+    with or without a KV cache (see ``SteerConfig.prompt_len``). Everything is checked before a hook
+    is attached, the SAEs' metadata as in ``evaluate`` (``allow_hook_mismatch``, ``strict``); hooks
+    are removed on exit, error or not.
     Prompts in one batch must have the same length (no padding): positions are counted per column.
     ``observe(hook, spliced, selected_positions)`` sees the codes of every steered forward.
 
@@ -302,8 +306,8 @@ def steer(
         ...     text = generate(adapter, ids, 20).texts[0]
     """
     cfg = SteerConfig(positions, keep_error, exclude_first, prompt_len)
-    norm = _normalize(adapter, interventions)
-    state = Steering(norm, cfg, observe)
+    norm = _normalize(adapter, interventions, allow_hook_mismatch=allow_hook_mismatch, strict=strict)
+    state = Steering(adapter, norm, cfg, observe)
     with adapter.hooks({name: state.hook_fn(name) for name in norm}):
         yield state
 
@@ -344,62 +348,20 @@ def generate(
         >>> ids = adapter.tokenizer("The capital of France is", return_tensors="pt").input_ids
         >>> generate(adapter, ids, 20).texts[0]
     """
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens!r}; it must be an int >= 1.")
-    if sample and not (isinstance(temperature, (int, float)) and temperature > 0 and math.isfinite(temperature)):
-        raise ValueError(f"temperature={temperature!r}; sampling needs a finite number > 0.")
-    ids = adapter._check_ids(prompt_ids)
-    if ids.shape[1] == 0:
-        raise ValueError("The prompt is empty (0 tokens); give at least one token.")
-    limit = adapter.max_positions
-    if limit is not None and ids.shape[1] + max_new_tokens > limit:
-        raise ValueError(f"Prompt of {ids.shape[1]} tokens + {max_new_tokens} new tokens exceeds the model's "
-                         f"{limit} positions; shorten the prompt or lower max_new_tokens.")
     tok = adapter.tokenizer
     eos = getattr(tok, "eos_token_id", None) if tok is not None else None
-    token = _GENERATING_PROMPT_LEN.set(ids.shape[1])
-    try:
-        with torch.random.fork_rng(devices=[ids.device] if ids.device.type == "cuda" else []):
-            torch.manual_seed(seed)
-            if adapter.backend == "hf":
-                out = _generate_hf(adapter, ids, max_new_tokens, sample, temperature, eos if stop_at_eos else None,
-                                   use_cache)
-            else:
-                # TransformerLens 4.3's bridge reads the KV cache from a `past_key_values` kwarg that
-                # transformers >= 5.2x passes as `cache=`: its cached decoding then attends to the new token
-                # alone (measured: greedy tokens differ from full reruns even with no hook). Rerun the
-                # whole sequence at each step instead; HookedTransformer (TL 3.x) keeps its own cache.
-                cached = use_cache and type(adapter.model).__name__ != "TransformerBridge"
-                out = adapter.model.generate(
-                    ids, max_new_tokens=max_new_tokens, do_sample=sample, temperature=float(temperature),
-                    top_k=None, top_p=None, stop_at_eos=stop_at_eos and eos is not None, eos_token_id=eos,
-                    use_past_kv_cache=cached, verbose=False, return_type="tokens")
-    finally:
-        _GENERATING_PROMPT_LEN.reset(token)
-    out = out.to(ids.device)
-    new = out[:, ids.shape[1]:]
+    device = adapter.device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        out = adapter.generate(prompt_ids, max_new_tokens, sample=sample, temperature=temperature,
+                               eos_token_id=eos if stop_at_eos else None, use_cache=use_cache)
+    new = out[:, prompt_ids.shape[-1]:]
     texts = []
     for row in new.tolist():
         if eos is not None and stop_at_eos and eos in row:
             row = row[: row.index(eos)]
         texts.append(tok.decode(row, skip_special_tokens=True) if tok is not None else " ".join(map(str, row)))
     return Generation(out, new, texts)
-
-
-def _generate_hf(adapter: Adapter, ids: Tensor, n: int, sample: bool, temperature: float, eos: int | None,
-                 use_cache: bool) -> Tensor:
-    from transformers import GenerationConfig
-
-    # A fresh config: the checkpoint's own generation_config (SmolLM2: temperature 0.2, top_p 0.9)
-    # would otherwise change what "greedy" and "sampled" mean.
-    kw: dict[str, Any] = dict(max_new_tokens=n, do_sample=sample, use_cache=use_cache,
-                              eos_token_id=eos, pad_token_id=eos if eos is not None else 0)
-    if sample:
-        kw.update(temperature=float(temperature), top_k=0, top_p=1.0)
-    if eos is None:
-        kw["min_new_tokens"] = n
-    cfg = GenerationConfig(**kw)
-    return adapter.model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=cfg)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -459,30 +421,28 @@ def side_effects(
     keep_error: bool = True,
     exclude_first: int = 1,
     batch_size: int = 8,
+    allow_hook_mismatch: bool = False,
+    strict: bool = False,
 ) -> SideEffects:
     """ΔCE and KL of the steered model against the clean one on ``tokens``, and re-encoded latents.
 
     The edits are applied at every evaluated position (there are no generated positions in a
     plain forward): this measures what the edit does to ordinary text, the worst case for
-    ``positions="generated"``. Special tokens and the first ``exclude_first`` positions are left alone.
+    ``positions="generated"``. Special tokens and the first ``exclude_first`` positions are left
+    alone. CE and KL come from the same tiled statistics as ``evaluate`` (``logits.token_stats``),
+    and the steered forward reruns only the blocks above the earliest edited hook point.
 
         >>> held_out = load_token_tensor(tok, CorpusConfig(split="eval"), 4096)
         >>> fx = side_effects(adapter, {"resid_post.6": (sae, ["123:add:8"])}, held_out)
     """
-    norm = _normalize(adapter, interventions)
-    if isinstance(tokens, Tensor):
-        ids = tokens if tokens.dim() == 2 else tokens[None]
-        special = adapter.tokenizer if adapter.tokenizer is not None else []
-        mask = make_mask(ids, special, exclude_first=exclude_first, exclude_special=adapter.tokenizer is not None)
-    else:
-        ids, mask = tokens
-        mask = mask.clone()
-        mask[:, :exclude_first] = False
-    if ids.dim() != 2 or ids.shape[1] < 2 or tuple(mask.shape) != tuple(ids.shape):
-        raise ValueError(f"side_effects: tokens must be [batch, pos >= 2] with a mask of the same shape; got ids "
-                         f"{tuple(ids.shape)}, mask {tuple(mask.shape)}.")
+    norm = _normalize(adapter, interventions, allow_hook_mismatch=allow_hook_mismatch, strict=strict)
+    ids, mask = token_batch(adapter, tokens, exclude_first=exclude_first)
+    mask = mask.clone()
+    mask[:, :exclude_first] = False
     if not bool(mask[:, :-1].any()):
         raise ValueError("side_effects: every position is masked out; use longer sequences.")
+    # As in evaluate: end at the final normed hidden state where the adapter applies the head itself.
+    hidden = adapter.has_unembed
     ce_c = ce_s = kl = 0.0
     n = 0
     # Per edit: sums of clean code, target code, re-encoded code, clean firing, re-encoded firing.
@@ -491,19 +451,17 @@ def side_effects(
     for b0 in range(0, ids.shape[0], batch_size):
         bid = ids[b0:b0 + batch_size].to(adapter.device)
         bm = mask[b0:b0 + batch_size].to(adapter.device)
-        clean = adapter.forward(bid).float()
-        fns: dict[str, HookFn] = {}
-        for name, (sae, edits) in norm.items():
-            fns[name] = _measuring_fn(sae, edits, bm, keep_error, acc, name)
-        steered = adapter.forward(bid, hooks=fns).float()
-        m = bm[:, :-1]  # position t predicts t+1 and counts when t is evaluated
-        tgt = bid[:, 1:]
-        lp_c = F.log_softmax(clean[:, :-1], -1)
-        lp_s = F.log_softmax(steered[:, :-1], -1)
-        ce_c += float(-lp_c.gather(-1, tgt[..., None])[..., 0][m].sum())
-        ce_s += float(-lp_s.gather(-1, tgt[..., None])[..., 0][m].sum())
-        kl += float((lp_c.exp() * (lp_c - lp_s)).sum(-1)[m].sum())
-        n += int(m.sum())
+        at, targets = counted(bid, bm)
+        out, prefix = adapter.forward_recording(bid, resume_at=list(norm), unembed=not hidden)
+        fns = {name: _measuring_fn(sae, edits, bm, keep_error, acc, name) for name, (sae, edits) in norm.items()}
+        steered = adapter.resume(prefix, fns, unembed=not hidden)
+        rows = [from_hidden(o, at, adapter.unembed, adapter.vocab_size) if hidden else from_logits(o, at)
+                for o in (out, steered)]
+        ce, kl_tok = token_stats(rows, targets, kl_to={1})
+        ce_c += float(ce[0].sum())
+        ce_s += float(ce[1].sum())
+        kl += float(kl_tok[1].sum())
+        n += int(at.shape[0])
         n_act += int(bm.sum())
     changes = []
     for (name, i), (c, t, r, ac, ar) in acc.items():
@@ -522,7 +480,7 @@ def _measuring_fn(sae: Any, edits: tuple[Edit, ...], mask: Tensor, keep_error: b
         sel = mask.to(res.z.device)
         z_clean = res.z[sel]  # [n, d_sae]
         z_target = apply_edits(z_clean, edits)
-        z_again = sae.encode(res.out.to(device=sae.W_dec.device, dtype=sae.W_dec.dtype))[sel]
+        z_again = sae.encode(res.out.to(device=sae.device, dtype=sae.dtype))[sel]
         for i, e in enumerate(edits):
             s = acc[(name, i)]
             f = e.latent

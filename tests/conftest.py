@@ -86,6 +86,23 @@ def tiny_bridge(tiny_tokenizer):
     return TLAdapter(bridge, tiny_tokenizer, "tiny-llama")
 
 
+@pytest.fixture(params=["hf", "tl", pytest.param("tl3", marks=pytest.mark.tl3)])
+def every_backend(request, tiny_hf):
+    """The tiny llama on HF, the TL 4.x bridge and (second venv) a TL 3.x HookedTransformer: the same
+    checks on every backend."""
+    if request.param == "hf":
+        return tiny_hf
+    return request.getfixturevalue("tiny_bridge" if request.param == "tl" else "tiny_hooked")
+
+
+@pytest.fixture
+def tiny_topk():
+    """A TopK SAE (d_in 64, 128 latents, k 8) for the tiny models, in inference mode."""
+    from sae_hooks.sae import make_sae
+
+    return make_sae("topk", d_in=64, d_sae=128, k=8, seed=0).eval().requires_grad_(False)
+
+
 @pytest.fixture
 def tiny_ids():
     g = torch.Generator().manual_seed(1)

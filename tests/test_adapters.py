@@ -130,8 +130,89 @@ def test_forward_recording_and_resume_share_the_prefix(tiny_hf, tiny_ids):
     assert torch.equal(tiny_hf.resume(prefix), clean)
     zero = {"resid_post.1": torch.zeros_like}
     assert torch.equal(tiny_hf.resume(prefix, zero), tiny_hf.forward(tiny_ids, hooks=zero))
-    with pytest.raises(ValueError, match="below the recorded layer"):
-        tiny_hf.resume(prefix, {"resid_post.0": torch.zeros_like})
+    # resid_post.0 is the recorded input of block 1: applied there, block 0 is not rerun. Inside block 0
+    # the prefix cannot help: the whole forward reruns (same ops, same result).
+    calls = []
+    handle = tiny_hf.layers[0].register_forward_hook(lambda *a: calls.append(1))
+    try:
+        at_input = {"resid_post.0": torch.zeros_like}
+        assert torch.equal(tiny_hf.resume(prefix, at_input), tiny_hf.forward(tiny_ids, hooks=at_input))
+        assert len(calls) == 1  # only the reference forward ran block 0
+        below = {"mlp_out.0": torch.zeros_like}
+        assert torch.equal(tiny_hf.resume(prefix, below), tiny_hf.forward(tiny_ids, hooks=below))
+        assert len(calls) == 3  # block 0 ran in the resume too
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("hook", ["resid_post.0", "resid_pre.1", "mlp_out.1", "resid_post.2", "module:model.norm"])
+def test_resume_at_records_only_what_resumes_need(tiny_hf, tiny_ids, hook):
+    """resume_at keeps the hidden state only where a resume restarts; every resume (any hook point, the
+    final norm's input, a module outside the block list, one the prefix does not cover) equals a
+    full forward, and unembed=False gives the head's input (unembed of it = the logits)."""
+    ran = []
+    handles = [layer.register_forward_hook(lambda m, a, o, i=i: ran.append(i)) for i, layer in enumerate(tiny_hf.layers)]
+    try:
+        hidden, prefix = tiny_hf.forward_recording(tiny_ids, resume_at=[hook], unembed=False)
+        ran.clear()
+        fn = {hook: lambda x: x * 0.5}
+        got = tiny_hf.resume(prefix, fn, unembed=False)
+        resumed = list(ran)
+        ref = tiny_hf.forward(tiny_ids, hooks=fn)
+        assert torch.equal(tiny_hf.unembed(got), ref) and torch.equal(tiny_hf.unembed(hidden), tiny_hf.forward(tiny_ids))
+        ran.clear()
+        other = {"mlp_out.0": lambda x: x * 0.5}  # restarts lower than recorded: a full forward
+        assert torch.equal(tiny_hf.resume(prefix, other), tiny_hf.forward(tiny_ids, hooks=other))
+    finally:
+        for h in handles:
+            h.remove()
+    first = {"resid_post.0": 1, "resid_pre.1": 1, "mlp_out.1": 1, "resid_post.2": 3, "module:model.norm": 0}[hook]
+    assert resumed == list(range(first, 3))
+    if hook in ("resid_post.0", "resid_pre.1"):  # only block 1's input is kept whole
+        assert prefix.layer == 1 and prefix.final is None
+        assert prefix.calls[1][0][0] is not None and all(prefix.calls[i][0][:1] in ((), (None,)) for i in (2,))
+
+
+def test_base_adapter_resume_is_a_full_forward(tiny_bridge, tiny_ids):
+    """A backend without a block-rerun path (TransformerLens) records nothing; resume reruns the forward."""
+    clean, prefix = tiny_bridge.forward_recording(tiny_ids, resume_at=["resid_post.1"])
+    assert prefix.layer is None and torch.equal(clean, tiny_bridge.forward(tiny_ids))
+    zero = {"resid_post.1": torch.zeros_like}
+    assert torch.equal(tiny_bridge.resume(prefix, zero), tiny_bridge.forward(tiny_ids, hooks=zero))
+    assert not tiny_bridge.has_unembed
+    with pytest.raises(ValueError, match="has_unembed"):
+        tiny_bridge.resume(prefix, zero, unembed=False)
+
+
+@pytest.mark.parametrize("backend", ["hf", "bridge"])
+def test_readout_is_the_head_and_final_norm_gain(request, backend):
+    adapter = request.getfixturevalue("tiny_hf" if backend == "hf" else "tiny_bridge")
+    W, gain, centers = adapter.readout()
+    hf = adapter.model if backend == "hf" else adapter.model.original_model
+    assert torch.equal(W, hf.get_output_embeddings().weight) and torch.equal(gain, hf.model.norm.weight)
+    assert not centers and W.shape == (adapter.vocab_size, adapter.d_model)
+
+
+def test_readout_of_gemma_and_gpt2(tiny_tokenizer):
+    gemma = HFAdapter(make_tiny("gemma2"), tiny_tokenizer)
+    _, gain, centers = gemma.readout()  # Gemma's RMSNorm scales by 1 + weight
+    assert torch.equal(gain, gemma.model.model.norm.weight + 1) and not centers
+    gpt2 = HFAdapter(make_tiny("gpt2"), tiny_tokenizer)
+    _, gain, centers = gpt2.readout()
+    assert torch.equal(gain, gpt2.model.transformer.ln_f.weight) and centers
+
+
+def test_generate_states_the_prompt_length_while_it_runs(tiny_hf, tiny_ids):
+    prompt = tiny_ids[:1, :5]
+    seen = []
+    with tiny_hf.hooks({"resid_post.0": lambda x: seen.append((x.shape[1], tiny_hf.generating))}):
+        out = tiny_hf.generate(prompt, 3)
+    assert out.shape == (1, 8) and torch.equal(out[:, :5], prompt)
+    assert [t for t, _ in seen] == [5, 1, 1] and {g.prompt_len for _, g in seen} == {5}
+    assert tiny_hf.generating is None
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        tiny_hf.generate(prompt, 0)
+    assert tiny_hf.generating is None
 
 
 # ---- hooks are always removed ------------------------------------------------------------

@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 
+from sae_hooks import logits
 from sae_hooks.data import TokenBatch, make_mask
 from sae_hooks.evaluate import MetadataMismatchWarning, evaluate, evaluate_many, inference_view
 from sae_hooks.sae import make_sae
@@ -100,12 +101,9 @@ def test_tiled_head_statistics_equal_full_vocabulary_reference(tiny_hf, tokens, 
     """Several row chunks and vocabulary tiles (48 does not divide 128), and stacked head products
     whose row budget sets the chunk (20 rows over 3 conditions: chunks of 6 positions; 2: of 1):
     the per-tile maxima, sums and KL dots combine to the full-vocabulary log-softmax results."""
-    import sys
-
-    ev = sys.modules["sae_hooks.evaluate"]
-    monkeypatch.setattr(ev, "CHUNK_ROWS", rows)
-    monkeypatch.setattr(ev, "VOCAB_TILE", tile)
-    monkeypatch.setattr(ev, "STACK_ROWS", stack)
+    monkeypatch.setattr(logits, "CHUNK_ROWS", rows)
+    monkeypatch.setattr(logits, "VOCAB_TILE", tile)
+    monkeypatch.setattr(logits, "STACK_ROWS", stack)
     sae = random_sae()
     ce, kl = _reference_metrics(tiny_hf, sae, tokens, "resid_post.1")
     for shared in (True, False):
@@ -121,21 +119,18 @@ def test_head_statistics_are_stable_and_exact_on_equal_logits(monkeypatch):
     """Logits spread over hundreds of nats, a tile of -inf and tiles that do not divide the vocabulary:
     CE and KL still match a float64 log-softmax; conditions read from the same logits are computed once
     (equal CE and a KL of exactly 0)."""
-    import sys
-
     import torch.nn.functional as F
 
-    ev = sys.modules["sae_hooks.evaluate"]
-    monkeypatch.setattr(ev, "CHUNK_ROWS", 5)
-    monkeypatch.setattr(ev, "VOCAB_TILE", 7)
+    monkeypatch.setattr(logits, "CHUNK_ROWS", 5)
+    monkeypatch.setattr(logits, "VOCAB_TILE", 7)
     g = torch.Generator().manual_seed(0)
     a = torch.randn(12, 40, generator=g) * 60
     b = a + torch.randn(12, 40, generator=g) * 3
     a[3, 7:14] = -float("inf")  # a whole tile of impossible tokens in one row
     t = torch.randint(0, 40, (12,), generator=g)
     t[3] = 20
-    src = lambda x: ev._Logits(40, lambda lo, hi, v0, v1: x[lo:hi, v0:v1].clone(), source=x)  # noqa: E731
-    ce, kl = ev._head_stats([src(a), src(b), src(a)], t, kl_to={1, 2})
+    src = lambda x: logits.LogitRows(40, lambda lo, hi, v0, v1: x[lo:hi, v0:v1].clone(), source=x)  # noqa: E731
+    ce, kl = logits.token_stats([src(a), src(b), src(a)], t, kl_to={1, 2})
     for x, got in ((a, ce[0]), (b, ce[1])):
         assert torch.allclose(got, F.cross_entropy(x.double(), t, reduction="none"), rtol=1e-6, atol=1e-6)
     finite = torch.arange(12) != 3  # KL over -inf logits is NaN (-inf − -inf), as in a plain p·log p sum
@@ -165,14 +160,11 @@ def test_stacked_head_products_equal_one_product_per_condition(monkeypatch):
     product. Equal rows at two places of one stacked product need not round alike (it depends on the
     CPU's matrix kernel): they agree within that rounding, with a KL >= 0 and ~0. A condition whose
     hidden rows equal condition 0's is computed once: equal CE and a KL of exactly 0 by construction."""
-    import sys
-
     import torch.nn.functional as F
 
-    ev = sys.modules["sae_hooks.evaluate"]
-    monkeypatch.setattr(ev, "CHUNK_ROWS", 5)
-    monkeypatch.setattr(ev, "VOCAB_TILE", 7)
-    monkeypatch.setattr(ev, "STACK_ROWS", 8)  # 4 distinct conditions: chunks of 2 positions
+    monkeypatch.setattr(logits, "CHUNK_ROWS", 5)
+    monkeypatch.setattr(logits, "VOCAB_TILE", 7)
+    monkeypatch.setattr(logits, "STACK_ROWS", 8)  # 4 distinct conditions: chunks of 2 positions
     g = torch.Generator().manual_seed(1)
     w = torch.randn(40, 6, generator=g) * 3
     head = lambda h, cols: F.linear(h, w[cols])  # noqa: E731
@@ -181,10 +173,10 @@ def test_stacked_head_products_equal_one_product_per_condition(monkeypatch):
     near[4] += 1.0  # every other row equals condition 0's, at other rows of the stacked operand
     hs += [hs[0].clone(), near]
     t = torch.randint(0, 40, (11,), generator=g)
-    stacked = [ev._Logits(40, lambda lo, hi, v0, v1, h=h: head(h[lo:hi], slice(v0, v1)), h, head, h) for h in hs]
-    single = [ev._Logits(40, c.tile) for c in stacked]
-    ce_s, kl_s = ev._head_stats(stacked, t, kl_to={1, 3, 4})
-    ce_1, kl_1 = ev._head_stats(single, t, kl_to={1, 3, 4})
+    stacked = [logits.LogitRows(40, lambda lo, hi, v0, v1, h=h: head(h[lo:hi], slice(v0, v1)), h, head, h) for h in hs]
+    single = [logits.LogitRows(40, c.tile) for c in stacked]
+    ce_s, kl_s = logits.token_stats(stacked, t, kl_to={1, 3, 4})
+    ce_1, kl_1 = logits.token_stats(single, t, kl_to={1, 3, 4})
     for i, h in enumerate(hs):
         tol = _product_tolerance(h, w, 7)
         ref = F.cross_entropy(head(h, slice(None)).double(), t, reduction="none")
@@ -283,17 +275,25 @@ def test_hook_from_metadata_in_any_spelling(tiny_hf, tiny_bridge, tokens):
         evaluate(tiny_hf, sae, tokens)
 
 
-def test_metadata_mismatch_warns_or_raises_when_strict(tiny_hf, tokens):
+def test_hook_mismatch_is_an_error_and_model_mismatch_a_warning(tiny_hf, tokens):
     sae = random_sae()
     sae.metadata = {"hook_name": "blocks.2.hook_resid_post", "model_name": "tiny-llama"}
-    with pytest.warns(MetadataMismatchWarning, match="trained at"):
+    with pytest.raises(ValueError, match=r"trained at 'blocks.2.hook_resid_post' \(= resid_post.2\) but is applied at "
+                                         r"resid_post.1.*allow_hook_mismatch=True"):
         evaluate(tiny_hf, sae, tokens, hook="resid_post.1")
-    with pytest.raises(ValueError, match="strict"):
-        evaluate(tiny_hf, sae, tokens, hook="resid_post.1", strict=True)
+    allowed = evaluate(tiny_hf, sae, tokens, hook="resid_post.1", allow_hook_mismatch=True)
+    assert allowed.hook == "resid_post.1"
+    assert allowed.ce_spliced == evaluate(tiny_hf, random_sae(), tokens, hook="resid_post.1").ce_spliced
     sae.metadata = {"hook_name": "resid_post.1", "model_name": "gpt2"}
-    with pytest.warns(MetadataMismatchWarning, match="gpt2"):
+    with pytest.warns(MetadataMismatchWarning, match="gpt2.*aliases or local paths"):
         evaluate(tiny_hf, sae, tokens)
-    with pytest.raises(ValueError, match="gpt2"):
+    with pytest.raises(ValueError, match="gpt2.*strict"):
+        evaluate(tiny_hf, sae, tokens, strict=True)
+    sae.metadata = {"hook_name": "resid_post.1", "model_name": "/some/folder/tiny-llama/"}  # a path to the same name
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         evaluate(tiny_hf, sae, tokens, strict=True)
 
 
@@ -387,7 +387,41 @@ def test_cli_eval_json_and_errors(tiny_tokenizer, tmp_path, capsys):
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(KEYS) <= set(out) and out["hook"] == "resid_post.1" and out["tokens"] > 0
-    assert main(argv[:-1] + ["--hook", "resid_post.0", "--strict", "--json"]) == 1
-    assert "strict" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["error"]
+    assert main(argv[:-1] + ["--hook", "resid_post.0", "--json"]) == 1  # not the metadata's hook point
+    assert "--allow-hook-mismatch" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["error"]
+    assert main(argv[:-1] + ["--hook", "resid_post.0", "--allow-hook-mismatch", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["hook"] == "resid_post.0"
     assert main(["eval", "--sae", "pretrained:nothing-here", "--json"]) == 1
     assert "Available" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["error"]
+
+
+def test_cli_eval_split_all_reads_every_row_of_a_held_out_file_in_order(tiny_tokenizer, tmp_path, capsys):
+    """``--split all`` on a parquet of N pre-tokenized rows evaluates exactly those N rows, in file order:
+    the same numbers as ``evaluate`` on the tensor of those rows (the default split would keep a tenth)."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    from sae_hooks import HFAdapter
+    from sae_hooks.cli import main
+
+    from .conftest import make_tiny
+
+    model_dir = tmp_path / "model"
+    make_tiny("llama").save_pretrained(model_dir)
+    tiny_tokenizer.save_pretrained(model_dir)
+    n, ctx = 40, 16
+    rows = torch.randint(3, 128, (n, ctx), generator=torch.Generator().manual_seed(5))
+    pq.write_table(pa.table({"input_ids": rows.tolist()}), tmp_path / "held_out.parquet")
+    sae = random_sae()
+    sae.metadata = {"hook_name": "resid_post.1", "model_name": "model"}
+    sae.save(tmp_path / "sae")
+    argv = ["eval", "--sae", str(tmp_path / "sae"), "--model", str(model_dir), "--corpus",
+            str(tmp_path / "held_out.parquet"), "--ctx", str(ctx), "--json"]
+    assert main(argv + ["--split", "all", "--tokens", str(n * ctx)]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    ref = evaluate(HFAdapter(make_tiny("llama"), tiny_tokenizer, "model"), sae, rows)
+    assert out["tokens"] == ref.tokens == n * (ctx - 2) and out["act_tokens"] == n * (ctx - 1)
+    for k in KEYS:
+        assert out[k] == ref.to_dict()[k], k
+    assert main(argv + ["--tokens", str(n * ctx)]) == 1  # the held-out side of a hash split holds fewer rows
+    assert "--split all" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["error"]

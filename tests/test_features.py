@@ -11,24 +11,13 @@ from sae_hooks.sae import make_sae
 HOOK = "resid_post.1"
 
 
-@pytest.fixture(params=["hf", "tl", pytest.param("tl3", marks=pytest.mark.tl3)])
-def adapter(request, tiny_hf):
-    if request.param == "hf":
-        return tiny_hf
-    return request.getfixturevalue("tiny_bridge" if request.param == "tl" else "tiny_hooked")
-
-
-@pytest.fixture
-def sae():
-    return make_sae("topk", d_in=64, d_sae=128, k=8, seed=0).eval().requires_grad_(False)
-
-
 def _batches():
     g = torch.Generator().manual_seed(2)
     return [torch.randint(3, 128, (3, 10), generator=g) for _ in range(3)]
 
 
-def test_harvest_matches_brute_force(tiny_hf, sae):
+def test_harvest_matches_brute_force(tiny_hf, tiny_topk):
+    sae = tiny_topk
     batches = _batches()
     h = harvest(tiny_hf, sae, HOOK, batches, k=4)
     ids = torch.cat(batches)
@@ -47,7 +36,8 @@ def test_harvest_matches_brute_force(tiny_hf, sae):
     assert bool((h.top_pos[h.top_values > 0] > 0).all())
 
 
-def test_contexts_mark_the_peak(adapter, sae, tiny_tokenizer):
+def test_contexts_mark_the_peak(every_backend, tiny_topk, tiny_tokenizer):
+    adapter, sae = every_backend, tiny_topk
     batches = _batches()
     h = harvest(adapter, sae, HOOK, batches, k=3)
     f = int(h.fire_count.argmax())
@@ -72,7 +62,8 @@ def test_contexts_mark_the_peak(adapter, sae, tiny_tokenizer):
         h.contexts(128, tiny_tokenizer)
 
 
-def test_logit_effects_is_direction_through_norm_and_unembedding(adapter, sae):
+def test_logit_effects_is_direction_through_norm_and_unembedding(every_backend, tiny_topk):
+    adapter, sae = every_backend, tiny_topk
     f = 5
     fx = logit_effects(adapter, sae, f, k=5)
     if adapter.backend == "hf":
@@ -132,7 +123,8 @@ def test_logit_effects_centers_the_direction_for_layernorm(tiny_tokenizer):
     assert [t.token_id for t in plain.promoted] == raw.topk(8).indices.tolist()
 
 
-def test_latents_for_text_ranks_the_word(tiny_hf, sae):
+def test_latents_for_text_ranks_the_word(tiny_hf, tiny_topk):
+    sae = tiny_topk
     text = "a b c d e f g"
     res = latents_for_text(tiny_hf, sae, HOOK, text, top=5)
     assert res and all(a.mean >= b.mean for a, b in zip(res, res[1:]))

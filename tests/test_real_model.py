@@ -36,7 +36,7 @@ def test_resid_post_equals_hidden_states_and_ce_is_english_like(smollm2, ids):
         assert torch.equal(acts[f"resid_post.{i}"], out.hidden_states[i + 1])
     ce = torch.nn.functional.cross_entropy(out.logits[0, :-1], ids[0, 1:])
     assert 1.5 < ce.item() < 3.5
-    # DESIGN.md: position 0 is an attention sink with huge norms from layer 12 on.
+    # Position 0 is an attention sink: from layer 12 on its residual norm dwarfs every other position's.
     norms = acts["resid_post.15"][0].norm(dim=-1)
     assert norms[0] > 20 * norms[1:].median()
 
@@ -46,7 +46,7 @@ def test_hf_and_bridge_agree(smollm2, ids):
     names = ["resid_post.6", "attn_out.3", "mlp_out.10", "resid_mid.6"]
     a, b = smollm2.capture(ids, names), bridge.capture(ids, names)
     for n in names:
-        # Bridge runs eager attention, HF sdpa: they differ by ~3e-4 at most (DESIGN.md).
+        # Bridge runs eager attention, HF sdpa: they differ by ~3e-4 at most (measured on SmolLM2).
         err = (a[n] - b[n]).abs().max().item()
         assert err < 1e-3, (n, err)
     logits_err = (smollm2.forward(ids) - bridge.forward(ids)).abs().max().item()

@@ -11,18 +11,14 @@ from sae_hooks.steer import Edit, apply_edits, generate, side_effects, steer
 HOOK = "resid_post.1"
 
 
-@pytest.fixture(params=["hf", "tl", pytest.param("tl3", marks=pytest.mark.tl3)])
-def adapter(request, tiny_hf):
-    """The same tiny checks on HF, the TL 4.x bridge and (second venv) a TL 3.x HookedTransformer."""
-    if request.param == "hf":
-        return tiny_hf
-    return request.getfixturevalue("tiny_bridge" if request.param == "tl" else "tiny_hooked")
+@pytest.fixture
+def adapter(every_backend):
+    return every_backend
 
 
 @pytest.fixture
-def sae():
-    s = make_sae("topk", d_in=64, d_sae=128, k=8, seed=0)
-    return s.eval().requires_grad_(False)
+def sae(tiny_topk):
+    return tiny_topk
 
 
 def _acts(adapter, ids):
@@ -67,6 +63,31 @@ def test_latent_out_of_range_and_width_checked_before_hooks(tiny_hf, sae, tiny_i
         with steer(tiny_hf, {HOOK: (sae, [])}, positions="middle"):
             pass
     assert torch.equal(tiny_hf.forward(tiny_ids), clean)  # nothing was left attached
+
+
+def test_hook_mismatch_is_refused_as_in_evaluate(tiny_hf, tiny_ids):
+    """An SAE whose metadata names another hook point is refused by steer and side_effects unless
+    allow_hook_mismatch; another model name only warns (strict refuses it)."""
+    from sae_hooks.evaluate import MetadataMismatchWarning
+
+    sae = make_sae("topk", d_in=64, d_sae=128, k=8, seed=0,
+                   metadata={"hook_name": "blocks.2.hook_resid_post", "model_name": "tiny-llama"})
+    for call in (lambda **kw: steer(tiny_hf, {HOOK: (sae, ["3:add:1"])}, **kw).__enter__(),
+                 lambda **kw: side_effects(tiny_hf, {HOOK: (sae, ["3:add:1"])}, tiny_ids, **kw)):
+        with pytest.raises(ValueError, match=r"trained at 'blocks.2.hook_resid_post'.*allow_hook_mismatch"):
+            call()
+    assert side_effects(tiny_hf, {HOOK: (sae, ["3:add:1"])}, tiny_ids, allow_hook_mismatch=True).tokens > 0
+    with steer(tiny_hf, {HOOK: (sae, ["3:add:1"])}, allow_hook_mismatch=True):
+        pass
+    sae.metadata = {"hook_name": HOOK, "model_name": "gpt2"}
+    with pytest.warns(MetadataMismatchWarning, match="gpt2"):
+        with steer(tiny_hf, {HOOK: (sae, ["3:add:1"])}):
+            pass
+    with pytest.raises(ValueError, match="strict"):
+        with steer(tiny_hf, {HOOK: (sae, ["3:add:1"])}, strict=True):
+            pass
+    assert torch.equal(tiny_hf.forward(tiny_ids), tiny_hf.forward(tiny_ids))  # nothing left attached
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in tiny_hf.model.modules())
 
 
 # ---- exactness ---------------------------------------------------------------------------------
@@ -361,7 +382,7 @@ def test_cli_steer_end_to_end_json(tiny_dirs, capsys):
     rc, out, err, res = _cli(["steer", "--sae", str(sae_dir), "--model", str(model_dir), "--edit", "3:add:25",
                               "--corpus", str(corpus),
                               "--edit", "5:ablate", "--prompt", "a b c d e", "--max-new-tokens", "5",
-                              "--eval-tokens", "256", "--ctx", "32", "--json"], capsys)
+                              "--eval-tokens", "256", "--ctx", "32", "--split", "all", "--json"], capsys)
     assert rc == 0, err
     assert res["hook"] == "resid_post.1" and res["edits"] == ["3:add:25", "5:ablate"]
     for key in ("baseline", "steered", "sampled_baseline", "sampled_steered"):
@@ -370,6 +391,7 @@ def test_cli_steer_end_to_end_json(tiny_dirs, capsys):
     assert res["kl"] > 0 and res["eval_tokens"] > 0 and isinstance(res["delta_ce"], float)
     assert [lc["edit"] for lc in res["latent_change"]] == ["3:add:25", "5:ablate"]
     assert res["latent_change"][0]["moved"] is True
+    assert "[all]" in res["side_effects_scope"]
 
 
 @pytest.mark.parametrize("extra, words", [

@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import nn
 
-from .base import Adapter, HookFn, Site
+from .base import Adapter, Generating, HookFn, Prefix, Readout, Site
 from .hf import FAMILIES, HFAdapter
 from .tl import TLAdapter
 
@@ -32,4 +32,4 @@ def adapt(model: Any, tokenizer: Any = None, name: str | None = None) -> Adapter
     )
 
 
-__all__ = ["Adapter", "HookFn", "Site", "HFAdapter", "TLAdapter", "FAMILIES", "adapt"]
+__all__ = ["Adapter", "Generating", "HookFn", "Prefix", "Readout", "Site", "HFAdapter", "TLAdapter", "FAMILIES", "adapt"]

@@ -2,7 +2,9 @@
 
 Every quirk of HF models lives here: where each family keeps its block list and sub-modules
 (a small declarative table), tuple outputs of attention modules, the final norm that HF folds
-into the last ``hidden_states`` entry, and ``use_cache=False`` so that a forward builds no KV cache.
+into the last ``hidden_states`` entry (and Gemma's norm gain of 1 + weight), ``use_cache=False`` so
+that a forward builds no KV cache, rerunning the blocks above a layer from their recorded inputs,
+and generation under a fresh generation config.
 
     >>> adapter = HFAdapter(model, tokenizer)
     >>> acts = adapter.capture(ids, ["resid_post.6"])
@@ -10,6 +12,7 @@ into the last ``hidden_states`` entry, and ``use_cache=False`` so that a forward
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +22,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from ..hookpoints import HookName, parse_hook
-from .base import Adapter, HookFn, Site, _checked, _StopForward
+from .base import Adapter, HookFn, Prefix, Readout, Site, _checked, _StopForward, norm_centers
 
 
 @dataclass(frozen=True)
@@ -36,12 +39,16 @@ class Family:
     """Path inside a block whose *input* is the residual between attention and MLP."""
     final_norm: str | None
     """Path of the final norm applied before the unembedding."""
+    gain_offset: float = 0.0
+    """Added to the final norm's weight to give the gain it multiplies by (Gemma's RMSNorm scales by 1 + weight)."""
 
 
 _LLAMA = Family("model.layers", "self_attn", "mlp", "post_attention_layernorm", "model.norm")
+_GEMMA = Family("model.layers", "self_attn", "mlp", "post_attention_layernorm", "model.norm", gain_offset=1.0)
 # Gemma 2/3 normalise the attention and MLP outputs before adding them: the added term is the
 # output of the post-norm, and the residual between them enters the pre-feedforward norm.
-_GEMMA2 = Family("model.layers", "post_attention_layernorm", "post_feedforward_layernorm", "pre_feedforward_layernorm", "model.norm")
+_GEMMA2 = Family("model.layers", "post_attention_layernorm", "post_feedforward_layernorm", "pre_feedforward_layernorm",
+                 "model.norm", gain_offset=1.0)
 
 FAMILIES: dict[str, Family] = {
     "llama": _LLAMA,
@@ -51,7 +58,7 @@ FAMILIES: dict[str, Family] = {
     "qwen3": _LLAMA,
     "olmo": _LLAMA,
     "phi3": _LLAMA,
-    "gemma": _LLAMA,
+    "gemma": _GEMMA,
     "gemma2": _GEMMA2,
     "gemma3_text": _GEMMA2,
     "gpt2": Family("transformer.h", "attn", "mlp", "ln_2", "transformer.ln_f"),
@@ -193,19 +200,22 @@ class HFAdapter(Adapter):
     def _call(self, input_ids: Tensor, attention_mask: Tensor | None) -> Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
-    # ---- sharing the prefix below a layer between several forwards ----------------------
+    # ---- the head ------------------------------------------------------------------------
     @property
     def vocab_size(self) -> int:
-        """Number of logits the head produces."""
         head = self.model.get_output_embeddings()
         return int(getattr(head, "out_features", None) or self.model.config.vocab_size)
+
+    @property
+    def has_unembed(self) -> bool:
+        return self.model.get_output_embeddings() is not None
 
     def unembed(self, hidden: Float[Tensor, "... d"], cols: slice | None = None) -> Float[Tensor, "... vocab"]:
         """Logits from the final normed hidden state (the head's input), with the config's
         ``final_logit_softcapping`` (gemma2) applied as the model applies it; ``cols`` computes only
         those vocabulary columns.
 
-        >>> h, prefix = adapter.forward_recording(ids, layer=6, unembed=False)
+        >>> h, prefix = adapter.forward_recording(ids, 6, unembed=False)
         >>> adapter.unembed(h[:, :64], slice(0, 1024))   # some positions, the first 1,024 tokens
         """
         head = self.model.get_output_embeddings()
@@ -220,13 +230,43 @@ class HFAdapter(Adapter):
             logits = torch.tanh(logits / cap) * cap
         return logits
 
-    def entry_layer(self, name: str) -> int:
-        """The first block ``resume`` must run for a hook: ``resid_post.L`` is the input of block
-        L + 1 (``n_layers`` for the last block: only the final norm and head follow), ``resid_pre.L``
-        the input of block L, and the other hook points sit inside block L."""
+    def readout(self) -> Readout:
+        W = self.model.get_output_embeddings().weight
+        if self.family.final_norm is None:
+            return Readout(W, None, False)
+        norm = self.model.get_submodule(self.family.final_norm)
+        w = getattr(norm, "weight", None)
+        gain = None if w is None else (w + self.family.gain_offset if self.family.gain_offset else w)
+        return Readout(W, gain, norm_centers(norm))
+
+    def _final_hidden(self, input_ids: Tensor, hooks: Mapping[str, HookFn] | None) -> Tensor:
+        return self._stopped_at_head(lambda: self.forward(input_ids, hooks=hooks))
+
+    def _stopped_at_head(self, run) -> Tensor:
+        """What enters the head during ``run()``, which is stopped there (the head never runs)."""
+        seen: list[Tensor] = []
+
+        def stop_at_head(module, args):
+            seen.append(args[0])
+            raise _StopForward
+
+        handle = self.model.get_output_embeddings().register_forward_pre_hook(stop_at_head)
+        try:
+            run()
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        return seen[0]
+
+    # ---- sharing the blocks below a layer between several forwards --------------------------
+    def _entry_layer(self, name: str) -> int | None:
+        """The first block ``resume`` must run for a hook, None if it lies outside the block list:
+        ``resid_post.L`` is the input of block L + 1 (``n_layers`` for the last block: only the final
+        norm and head follow), ``resid_pre.L`` the input of block L, and the others sit inside block L."""
         site = self.resolve(name)
         if site.layer is None:
-            raise ValueError(f"Hook {name} lies outside the block list; resume cannot apply it.")
+            return None
         return site.layer + 1 if self._boundary(name) == 0 else site.layer
 
     def _boundary(self, name: str) -> int | None:
@@ -237,74 +277,82 @@ class HFAdapter(Adapter):
         return 1 if site.pre else 0
 
     @torch.no_grad()
-    def forward_recording(self, input_ids: Tensor, layer: int, hooks: dict[str, HookFn] | None = None, *,
-                          unembed: bool = True) -> tuple[Tensor, "Prefix"]:
-        """Clean logits plus what is needed to rerun blocks ``layer..`` under other hooks.
+    def forward_recording(self, input_ids: Tensor, layer: int | None = None, hooks: Mapping[str, HookFn] | None = None,
+                          *, resume_at: Collection[str] | None = None, unembed: bool = True) -> tuple[Tensor, Prefix]:
+        """The output of a forward under ``hooks`` and the block calls ``resume`` needs to rerun only
+        the blocks from a hook point's block on (see ``Adapter.forward_recording``).
 
-        Evaluation runs several conditions (clean, spliced, ablated) that agree below ``layer``;
-        ``resume`` reruns only the blocks from there on. With ``unembed=False`` the forward stops
-        before the head and returns the final normed hidden state instead of logits (the caller
-        applies ``unembed`` to the positions it needs).
+        ``layer`` records the calls of every block from ``layer`` on; ``resume_at`` only what resumes
+        hooking those hook points restart from (the hidden state entering their first block; the
+        masks and rotary tables of the blocks above). Neither: every block's call.
 
-        >>> logits, prefix = adapter.forward_recording(ids, layer=6)
+        >>> logits, prefix = adapter.forward_recording(ids, 6)
         >>> spliced = adapter.resume(prefix, {"resid_post.6": splice_fn})
         """
-        input_ids = self._check_ids(input_ids)
-        if self.family.final_norm is None:
-            raise ValueError(f"forward_recording needs the final-norm path of {self.model_type}; add its family to FAMILIES.")
-        calls: list[tuple[tuple, dict]] = [None] * self.n_layers  # type: ignore[list-item]
+        self._check_unembed(unembed)
+        input_ids = self.check_ids(input_ids)
+        if self.family.final_norm is None:  # nowhere to rerun up to: resumes are full forwards
+            return self._output(input_ids, hooks, unembed), Prefix(input_ids)
+        if resume_at is not None:
+            entries = {self._entry_layer(n) for n in resume_at} - {None}
+            if not entries:
+                return self._output(input_ids, hooks, unembed), Prefix(input_ids)
+            layer = min(entries)
+        else:
+            layer = 0 if layer is None else layer
+            entries = set(range(layer, self.n_layers + 1))
+        calls: list = [None] * self.n_layers
         seen: dict[str, Tensor] = {}
 
         def record(i: int):
             def pre(module, args, kwargs):
-                calls[i] = (args, dict(kwargs))
+                if i in entries:
+                    calls[i] = (args, dict(kwargs))
+                else:  # only what the blocks need besides the hidden state (it can be large)
+                    calls[i] = ((None, *args[1:]) if args else args,
+                                {k: v for k, v in kwargs.items() if k != "hidden_states"})
 
             return pre
 
         def record_final(module, args):  # the last block's output: resume point after block n-1
-            seen["final"] = args[0] if args else None
-
-        def stop_at_head(module, args):
-            seen["hidden"] = args[0]
-            raise _StopForward
+            if self.n_layers in entries:
+                seen["final"] = args[0] if args else None
 
         norm = self.model.get_submodule(self.family.final_norm)
         handles = [self.layers[i].register_forward_pre_hook(record(i), with_kwargs=True) for i in range(layer, self.n_layers)]
         handles.append(norm.register_forward_pre_hook(record_final))
-        if not unembed:
-            handles.append(self.model.get_output_embeddings().register_forward_pre_hook(stop_at_head))
         try:
-            out = self.forward(input_ids, hooks=hooks)
-        except _StopForward:
-            out = seen["hidden"]
+            out = self._output(input_ids, hooks, unembed)
         finally:
             for h in handles:
                 h.remove()
-        return out, Prefix(layer, calls, seen.get("final"))
+        return out, Prefix(input_ids, layer, calls, seen.get("final"))
 
     @torch.no_grad()
-    def resume(self, prefix: "Prefix", hooks: dict[str, HookFn] | None = None, *, unembed: bool = True) -> Tensor:
-        """Rerun the blocks from the earliest hook's ``entry_layer`` on, from the recorded input,
-        with ``hooks`` active; return logits (``unembed=False``: the final normed hidden state).
+    def resume(self, prefix: Prefix, hooks: Mapping[str, HookFn] | None = None, *, unembed: bool = True) -> Tensor:
+        """Rerun the blocks from the earliest hook's block on, from the recorded input, with ``hooks``
+        active; return logits (``unembed=False``: the final normed hidden state). Where the prefix
+        holds no recorded input for that block (a hook below the recorded layer or outside the block
+        list), the whole forward reruns instead.
 
         A hook at ``resid_post.L`` (or ``resid_pre.L+1``) is applied to the recorded input of block
         L + 1 directly: block L is the same in every condition and is not rerun.
         """
+        self._check_unembed(unembed)
         hooks = dict(hooks or {})
-        entry = {}
-        for name in hooks:
-            site = self.resolve(name)
-            if site.layer is None or site.layer < prefix.layer:
-                raise ValueError(f"Hook {name} lies below the recorded layer {prefix.layer}; resume cannot apply it.")
-            entry[name] = self.entry_layer(name)
+        entry = {name: self._entry_layer(name) for name in hooks}
+        if prefix.layer is None or None in entry.values():
+            return self._output(prefix.input_ids, hooks, unembed)
         start = min(entry.values(), default=self.n_layers)
+        if start < prefix.layer:
+            return self._output(prefix.input_ids, hooks, unembed)
         if start == self.n_layers:
-            if prefix.final is None:
-                raise ValueError("The prefix holds no output of the last block (final-norm input); record it again.")
             h = prefix.final
         else:
             args, kwargs = prefix.calls[start]
-            h = args[0] if args else kwargs["hidden_states"]
+            h = args[0] if args else kwargs.get("hidden_states")
+        if h is None:  # not recorded for this block
+            return self._output(prefix.input_ids, hooks, unembed)
         # Hooks whose value is the input of block `start` act on it here, resid_post of the block
         # below before resid_pre (the forward's order); the others are installed as usual.
         direct = sorted((n for n in hooks if entry[n] == start and self._boundary(n) is not None), key=self._boundary)
@@ -322,14 +370,18 @@ class HFAdapter(Adapter):
             h = norm(h)
         return self.unembed(h) if unembed else h
 
+    # ---- generation ------------------------------------------------------------------------
+    def _generate(self, input_ids: Tensor, max_new_tokens: int, sample: bool, temperature: float,
+                  eos_token_id: int | None, use_cache: bool) -> Tensor:
+        from transformers import GenerationConfig
 
-@dataclass
-class Prefix:
-    """Recorded block inputs from ``forward_recording`` (references, no copies)."""
-
-    layer: int
-    """The first block whose input was recorded."""
-    calls: list
-    """(args, kwargs) of every block call from ``layer`` on (None below it)."""
-    final: Tensor | None = None
-    """The last block's output (the final norm's input): where a hook at the last ``resid_post`` resumes."""
+        # A fresh config: the checkpoint's own generation_config (SmolLM2: temperature 0.2, top_p 0.9)
+        # would otherwise change what "greedy" and "sampled" mean.
+        kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=sample, use_cache=use_cache,
+                                  eos_token_id=eos_token_id, pad_token_id=eos_token_id if eos_token_id is not None else 0)
+        if sample:
+            kw.update(temperature=temperature, top_k=0, top_p=1.0)
+        if eos_token_id is None:
+            kw["min_new_tokens"] = max_new_tokens
+        return self.model.generate(input_ids, attention_mask=torch.ones_like(input_ids),
+                                   generation_config=GenerationConfig(**kw))

@@ -3,7 +3,7 @@
 Serves both ``TransformerBridge`` (TransformerLens 4.x) and ``HookedTransformer`` (3.x, what
 SAELens users have): both expose named ``HookPoint`` modules in ``model.hook_dict``, and a
 ``HookPoint`` is an identity module, so a plain PyTorch forward hook on it can read or replace
-the activation.
+the activation. Forwards give logits only (``resume`` reruns the whole forward).
 
     >>> adapter = TLAdapter(bridge, tokenizer)
     >>> adapter.capture(ids, ["blocks.6.hook_resid_post"])  # TL names work as well as ours
@@ -16,7 +16,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..hookpoints import HookName
-from .base import Adapter, HookFn, Site
+from .base import Adapter, HookFn, Readout, Site, norm_centers
+from .hf import FAMILIES
 
 
 class TLAdapter(Adapter):
@@ -77,3 +78,33 @@ class TLAdapter(Adapter):
     def _call(self, input_ids: Tensor, attention_mask: Tensor | None) -> Tensor:
         kwargs = {} if attention_mask is None else {"attention_mask": attention_mask}
         return self.model(input_ids, return_type="logits", **kwargs)
+
+    @property
+    def vocab_size(self) -> int:
+        cfg = self.model.cfg
+        return int(getattr(cfg, "d_vocab_out", None) or cfg.d_vocab)
+
+    def readout(self) -> Readout:
+        W = self.model.W_U.T  # TransformerLens keeps W_U as [d_model, vocab]
+        ln = getattr(self.model, "ln_final", None)
+        if ln is None:
+            return Readout(W, None, False)
+        # HookedTransformer: ln_final.w (absent when folded into W_U); the bridge wraps the HF norm.
+        gain = next((p for name, p in ln.named_parameters() if name.split(".")[-1] in ("w", "weight")), None)
+        hf = getattr(self.model, "original_model", None)  # the bridge's HF model: its norm, its gain rule
+        family = FAMILIES.get(getattr(getattr(hf, "config", None), "model_type", None))
+        if gain is not None and family is not None and family.gain_offset:
+            gain = gain + family.gain_offset
+        return Readout(W, gain, norm_centers(ln))
+
+    def _generate(self, input_ids: Tensor, max_new_tokens: int, sample: bool, temperature: float,
+                  eos_token_id: int | None, use_cache: bool) -> Tensor:
+        # TransformerLens 4.3's bridge reads the KV cache from a `past_key_values` kwarg that
+        # transformers >= 5.2x passes as `cache=`: its cached decoding then attends to the new token
+        # alone (measured: greedy tokens differ from full reruns even with no hook). Rerun the
+        # whole sequence at each step instead; HookedTransformer (TL 3.x) keeps its own cache.
+        cached = use_cache and type(self.model).__name__ != "TransformerBridge"
+        return self.model.generate(
+            input_ids, max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature, top_k=None,
+            top_p=None, stop_at_eos=eos_token_id is not None, eos_token_id=eos_token_id, use_past_kv_cache=cached,
+            verbose=False, return_type="tokens")

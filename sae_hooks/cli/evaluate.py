@@ -2,6 +2,7 @@
 
     $ sae-hooks eval --sae runs/l6_topk --tokens 50000 --ctx 128 --json
     $ sae-hooks eval --sae pretrained:smollm2-l6-topk --tokens 50000 --ctx 128 --json   # pretrained/smollm2-l6-topk
+    $ sae-hooks eval --sae runs/l6_topk --corpus held_out.parquet --split all --tokens 25600  # a held-out file, all of it
 """
 
 from __future__ import annotations
@@ -16,13 +17,26 @@ from ..pretrained import load_sae_spec, pretrained_dirs, resolve_sae_path  # noq
 HELP = "splice an SAE into the live model and measure recaptured LM loss, delta CE, KL, FVU and L0"
 
 
+def split_help(purpose: str) -> str:
+    """``--help`` text of ``--split`` (eval and steer): what each side of the corpus split holds."""
+    from dataclasses import fields
+
+    from ..data import CorpusConfig
+
+    fraction = next(f.default for f in fields(CorpusConfig) if f.name == "eval_fraction")
+    return (f"which documents of --corpus {purpose}: 'eval' (default) = the held-out side of a stable hash split "
+            f"(about {fraction:.0%} of the documents, never seen by 'sae-hooks train' on the same corpus), 'train' = "
+            "the other side, 'all' = every document in file order, no hashing (for a file that is already your "
+            "held-out set)")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sae", required=True, help="SAE folder (SAELens or sparsify layout), pretrained:NAME (see `sae-hooks "
                    "pretrained list`), saelens:RELEASE:SAE_ID or sparsify:ORG/REPO:HOOKPOINT")
     p.add_argument("--model", default="smollm2-135m-instruct", help="model name or folder")
     p.add_argument("--backend", default="hf", choices=["hf", "tl"], help="hf = transformers, tl = TransformerLens bridge")
     p.add_argument("--corpus", default="stdlib", help="'stdlib', a local file/dir/glob, or an HF dataset name")
-    p.add_argument("--split", default="eval", choices=["eval", "train"], help="side of the corpus split (held-out by default)")
+    p.add_argument("--split", default="eval", choices=["eval", "train", "all"], help=split_help("are evaluated"))
     p.add_argument("--hook", default=None, help="hook point (default: the SAE metadata's hook_name)")
     p.add_argument("--tokens", type=int, default=50_000, help="evaluated tokens (rounded up to whole sequences)")
     p.add_argument("--ctx", type=int, default=128, help="sequence length")
@@ -32,7 +46,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--residual-threshold", type=float, default=None, help="matching pursuit: stop when ||r|| < this")
     p.add_argument("--width", type=int, default=None, help="Matryoshka: evaluate the prefix of this many latents")
     p.add_argument("--keep-error", action="store_true", help="splice x + (decode(z) - decode(z)): measures nothing but exactness")
-    p.add_argument("--strict", action="store_true", help="refuse an SAE whose metadata names another model or hook")
+    p.add_argument("--strict", action="store_true", help="also refuse an SAE whose metadata names another model "
+                   "(by default only a warning: model names are often aliases or local paths)")
+    p.add_argument("--allow-hook-mismatch", action="store_true", help="evaluate at --hook even where the SAE's metadata "
+                   "names another hook point (refused by default)")
     p.add_argument("--ablation-scope", default="evaluated", choices=["evaluated", "all"],
                    help="ablate only the spliced positions, or every position (SAELens's zero-ablation)")
     p.add_argument("--exclude-first", type=int, default=1, help="leading positions left untouched and unscored (attention sink)")
@@ -53,7 +70,8 @@ def run(args: argparse.Namespace) -> dict:
     adapter = load_model(args.model, backend=args.backend, dtype=args.dtype)
     tokens = load_token_tensor(adapter.tokenizer, cfg, args.tokens, max_positions=adapter.max_positions)
     report = evaluate(adapter, sae, tokens, hook=args.hook, batch_size=args.batch_size, keep_error=args.keep_error,
-                      strict=args.strict, top_contexts=args.top_contexts, ablation_scope=args.ablation_scope,
+                      strict=args.strict, allow_hook_mismatch=args.allow_hook_mismatch, top_contexts=args.top_contexts,
+                      ablation_scope=args.ablation_scope,
                       width=args.width, k=args.k, residual_threshold=args.residual_threshold,
                       exclude_first=args.exclude_first)
     if not args.json:

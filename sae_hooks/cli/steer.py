@@ -4,16 +4,19 @@
 
 Prints the baseline and steered continuations (greedy, and sampled with a seed), then the edit's
 side effects on held-out text: ΔCE and KL(clean ‖ steered) with the edit applied at every position
-of the corpus's eval split, and whether each edited latent moved when the steered activation is
-re-encoded. Prompts are raw text by default (SmolLM2-Instruct continues plain text well, and
-the positions are then the prompt's own tokens); ``--chat`` wraps the prompt in the model's chat
-template as a user turn and generates the assistant's answer.
+of ``--split`` of the corpus (its held-out side by default), and whether each edited latent moved
+when the steered activation is re-encoded. The SAE's metadata is checked as in ``sae-hooks eval``.
+Prompts are raw text by default (SmolLM2-Instruct continues plain text well, and the positions are
+then the prompt's own tokens); ``--chat`` wraps the prompt in the model's chat template as a user
+turn and generates the assistant's answer.
 """
 
 from __future__ import annotations
 
 import argparse
 import textwrap
+
+from .evaluate import split_help
 
 HELP = "steer generation by editing SAE latents (add/clamp/scale/ablate) and report the side effects"
 
@@ -38,9 +41,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="leading positions never edited (position 0 is an attention sink)")
     p.add_argument("--temperature", type=float, default=1.0, help="temperature of the sampled continuation")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampled continuation")
-    p.add_argument("--corpus", default="stdlib", help="corpus whose eval split measures the side effects")
+    p.add_argument("--corpus", default="stdlib", help="corpus whose text measures the side effects")
+    p.add_argument("--split", default="eval", choices=["eval", "train", "all"],
+                   help=split_help("measure the side effects"))
     p.add_argument("--eval-tokens", type=int, default=4096, help="held-out tokens for ΔCE and KL (0 skips them)")
     p.add_argument("--ctx", type=int, default=128, help="sequence length of the held-out text")
+    p.add_argument("--strict", action="store_true", help="also refuse an SAE whose metadata names another model "
+                   "(by default only a warning: model names are often aliases or local paths)")
+    p.add_argument("--allow-hook-mismatch", action="store_true", help="steer at --hook even where the SAE's metadata "
+                   "names another hook point (refused by default)")
 
 
 def _prompt_ids(tok, prompt: str, chat: bool):
@@ -65,6 +74,7 @@ def run(args: argparse.Namespace) -> dict:
     from .. import models
     from ..data import CorpusConfig, load_token_tensor
     from ..pretrained import load_sae_spec
+    from ..splice import resolve_hook
     from ..steer import Edit, SteerConfig, generate, side_effects, steer
 
     # Everything a user can get wrong is checked before the model loads or anything is printed.
@@ -82,19 +92,19 @@ def run(args: argparse.Namespace) -> dict:
         if e.latent >= d_sae:
             raise ValueError(f"--edit {e}: latent {e.latent} is out of range; the SAE in {args.sae} has {d_sae} "
                              f"latents (0..{d_sae - 1}).")
-    hook = args.hook or sae.metadata.get("hook_name")
-    if not hook:
+    if not (args.hook or sae.metadata.get("hook_name")):
         raise ValueError(f"The SAE in {args.sae} names no hook point in its metadata; pass --hook (e.g. resid_post.6).")
     model_name = args.model or sae.metadata.get("model_name") or models.DEFAULT_MODEL
     if args.model is None and model_name not in models.EMBEDDED:
         model_name = models.DEFAULT_MODEL
     adapter = models.load_model(model_name, backend=args.backend, dtype=args.dtype)
-    hook = adapter.canonical(hook)
+    checks = dict(allow_hook_mismatch=args.allow_hook_mismatch, strict=args.strict)
+    hook = resolve_hook(adapter, sae, args.hook, **checks)  # the checks of sae-hooks eval
     ids = _prompt_ids(adapter.tokenizer, args.prompt, args.chat)
     if ids.shape[1] == 0:
         raise ValueError(f"--prompt {args.prompt!r} tokenizes to no tokens.")
     plan = {hook: (sae, edits)}
-    opts = dict(positions=args.positions, keep_error=not args.replace, exclude_first=args.exclude_first)
+    opts = dict(positions=args.positions, keep_error=not args.replace, exclude_first=args.exclude_first, **checks)
 
     out: dict = {}
     for mode in ("greedy", "sampled"):
@@ -113,14 +123,14 @@ def run(args: argparse.Namespace) -> dict:
         "delta_ce": None, "kl": None, "ce_clean": None, "ce_steered": None, "eval_tokens": 0, "latent_change": [],
     }
     if args.eval_tokens > 0:
-        block = load_token_tensor(adapter.tokenizer, CorpusConfig(source=args.corpus, split="eval", ctx=args.ctx),
+        block = load_token_tensor(adapter.tokenizer, CorpusConfig(source=args.corpus, split=args.split, ctx=args.ctx),
                                   args.eval_tokens, max_positions=adapter.max_positions)
-        fx = side_effects(adapter, plan, block, keep_error=not args.replace, exclude_first=args.exclude_first)
+        fx = side_effects(adapter, plan, block, keep_error=not args.replace, exclude_first=args.exclude_first, **checks)
         result.update(delta_ce=fx.delta_ce, kl=fx.kl, ce_clean=fx.ce_clean, ce_steered=fx.ce_steered,
                       eval_tokens=fx.tokens,
                       latent_change=[{**lc._asdict(), "moved": lc.moved} for lc in fx.latent_change])
-        result["side_effects_scope"] = (f"edits applied at every position of {args.corpus!r} eval text except the first "
-                                        f"{args.exclude_first} and special tokens")
+        result["side_effects_scope"] = (f"edits applied at every position of {args.corpus!r} [{args.split}] text except "
+                                        f"the first {args.exclude_first} and special tokens")
 
     if not args.json:
         print(f"{model_name} ({adapter.backend}) | {hook} | edits {', '.join(result['edits'])} | positions {args.positions}")
@@ -131,7 +141,7 @@ def run(args: argparse.Namespace) -> dict:
             print(_columns("-" * 8, "-" * 7))
             print(_columns(*out[mode]))
         if args.eval_tokens > 0:
-            print(f"\nside effects on {result['eval_tokens']} held-out predictions ({args.corpus} eval split):")
+            print(f"\nside effects on {result['eval_tokens']} predictions ({args.corpus} [{args.split}]):")
             print(f"  CE clean {result['ce_clean']:.4f}  steered {result['ce_steered']:.4f}  "
                   f"delta CE {result['delta_ce']:+.4f} nats   KL(clean || steered) {result['kl']:.4f} nats/token")
             for lc in result["latent_change"]:
