@@ -23,10 +23,23 @@ def python_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 
 
+def _is_run_example(block: str) -> bool:
+    """The training-run example (``RunConfig`` + ``train``): run by tests/test_run_api.py, on a tiny model
+    and (slow) as written, not here, where it would train 100k tokens and write runs/api in the cwd."""
+    return "RunConfig(" in block
+
+
 def test_readme_has_examples():
     blocks = python_blocks()
     assert len(blocks) >= 4, "the README lost its Python examples"
     assert any("splice(" in b for b in blocks) and any("steer(" in b for b in blocks)
+
+
+def test_readme_run_example_is_the_one_tests_run():
+    from tests.test_run_api import SNIPPET
+
+    runs = [b for b in python_blocks() if _is_run_example(b)]
+    assert all(b == SNIPPET for b in runs), "the README's run example differs from tests/test_run_api.py SNIPPET"
 
 
 def test_readme_python_examples_run(smollm2):
@@ -50,6 +63,8 @@ def test_readme_python_examples_run(smollm2):
         "matryoshka_sae": make_sae("matryoshka", d, 4608, k=32, widths=(512, 1152, 2304, 4608), seed=0),
     }
     for i, block in enumerate(python_blocks()):
+        if _is_run_example(block):
+            continue
         # The first example loads the model itself; reuse the session's copy for the TL one too.
         code = block.replace('sae_hooks.load_model(backend="tl")', "adapter")
         t0 = time.perf_counter()
