@@ -30,7 +30,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..geometry import GEOMETRY_DEFINITIONS, dictionary_geometry
+from ..geometry import GEOMETRY_DEFINITIONS, babel, dictionary_geometry
 from ..sae import SAE, make_sae
 from .experiment import torch_threads, train_saes
 from .score import mean_sd
@@ -262,6 +262,8 @@ class DigitsResult:
             rs = [r for r in self.rows if r.name == pick and r.infer_k is None]
             axb.plot(s, torch.tensor([r.selected_babel for r in rs]).nanmean(0), color="tab:blue",
                      label=f"{pick} (atoms that fire)")
+        rand = babel(torch.randn(self.cfg.d_sae, 64, generator=torch.Generator().manual_seed(0)), self.cfg.s_max)
+        axb.plot(s, rand, color="gray", ls="--", label="random unit atoms (same shape)")
         axb.axhline(1.0, color="k", lw=0.6, ls=":")
         axb.set_xlabel("s")
         axb.set_ylabel("Babel μ₁(s)")
