@@ -209,12 +209,13 @@ class RunConfig:
             spec = parse_sae_spec(s)
             parse_hook(spec.hook)
             if spec.d_sae is not None and spec.d_sae < 1:
-                raise ValueError(f"RunConfig.saes: SAE spec {s!r} has d_sae={spec.d_sae}; it must be >= 1 (or left out: "
-                                 "expansion × hook width).")
+                raise ValueError(f"RunConfig.saes: SAE spec {s!r} has d_sae={spec.d_sae}; it must be >= 1 (or left "
+                                 "out: expansion × hook width).")
         try:
             torch.device(self.device)
         except (RuntimeError, TypeError) as e:
-            raise ValueError(f"RunConfig.device={self.device!r} is not a device ({e}). Use cpu, cuda or cuda:N.") from None
+            raise ValueError(f"RunConfig.device={self.device!r} is not a device ({e}). Use cpu, cuda or cuda:N.") \
+                from None
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings that decide what the run trains, as JSON-able values, hooks in canonical spelling
@@ -306,6 +307,9 @@ class SAEResult:
     train_dead_frac: float
     """Fraction of latents past the dead window at the end of training."""
 
+
+CE_FIELDS = ("ce_clean", "ce_spliced", "delta_ce", "recaptured_zero", "recaptured_mean", "kl")
+"""SAEResult fields that are None when the spliced CE is off (eval_ce_tokens=0)."""
 
 METRIC_DEFINITIONS = ("held-out, position 0 and special tokens excluded; FVU = Σ‖x−x̂‖²/Σ‖x−x̄‖²; "
                       "L0 = mean active latents/token; dead_frac = latents never firing on the held-out tokens; "
@@ -425,13 +429,24 @@ def _check_device(device: str) -> None:
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
-            raise ValueError(f"--device {device}: PyTorch sees no CUDA device here (torch {torch.__version__}, {build}). "
-                             "Use --device cpu, or a machine with a GPU and a CUDA build of PyTorch.")
+            raise ValueError(f"--device {device}: PyTorch sees no CUDA device here (torch {torch.__version__}, "
+                             f"{build}). Use --device cpu, or a machine with a GPU and a CUDA build of PyTorch.")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s) "
                              f"(cuda:0..cuda:{torch.cuda.device_count() - 1}).")
     elif dev.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"--device {device}: MPS is not available here. Use --device cpu.")
+
+
+class _Session(NamedTuple):
+    """What the steps of one ``train`` call did (the final phase reports it)."""
+
+    train_seconds: float
+    eval_seconds: float
+    trained_tokens: int
+    nonfinite_rows: int
+    ran_dry: CorpusError | None
+    """The corpus ended before the token budget (the SAEs so far are still scored and saved)."""
 
 
 class _Run:
@@ -450,7 +465,8 @@ class _Run:
                                 upgrade=RunConfig.upgrade_fingerprint) if self.main else "fresh"
         found = self._find_checkpoint() if cfg.resume else None
         # 2. Model and SAEs (the order of these calls keeps runs bitwise reproducible).
-        device = cfg.device if not (self.dist.enabled and cfg.device.startswith("cuda")) else f"cuda:{self.dist.local_rank}"
+        under_torchrun_on_gpus = self.dist.enabled and cfg.device.startswith("cuda")
+        device = f"cuda:{self.dist.local_rank}" if under_torchrun_on_gpus else cfg.device
         torch.manual_seed(cfg.seed)
         tcfg = TrainConfig(lr=cfg.lr, warmup_frac=cfg.warmup_frac, decay=cfg.decay, dead_window_tokens=cfg.dead_window,
                            autocast=cfg.autocast, concurrent=not cfg.sequential)
@@ -460,7 +476,8 @@ class _Run:
         hooks = sorted({t.hook for t in targets}, key=lambda h: adapter.resolve(h).layer or 0)
         per_rank = cfg.tokens // cfg.ctx // self.dist.world_size
         total_steps = max(1, math.ceil(per_rank / (cfg.batch_tokens // cfg.ctx)))
-        trainer = Trainer(targets, tcfg, total_steps=total_steps, total_tokens=cfg.tokens, dist=self.dist, device=device)
+        trainer = Trainer(targets, tcfg, total_steps=total_steps, total_tokens=cfg.tokens, dist=self.dist,
+                          device=device)
         position, block, into = 0, 0, 0
         if found is not None:
             state = found.state
@@ -475,7 +492,11 @@ class _Run:
             self.folder.start(plan, {"tool": "sae-hooks", "settings": self.fingerprint, "saes": built},
                               resume_step=trainer.step_count)
         self.stop.where, self.stop.resumable = "before its first step", found is not None
-        return self._loop(adapter, trainer, hooks, held, position, block, into, found)
+        wb = open_wandb(cfg.wandb_project, self.fingerprint, cfg.out) if cfg.wandb and self.main else None
+        session = self._loop(adapter, trainer, hooks, held, wb, position, block, into)
+        # 4. Final scores, the SAEs and the report.
+        self.stop.where = "during the final evaluation (the checkpoints are kept)"
+        return self._finish(adapter, trainer, held, wb, session, found)
 
     def _find_checkpoint(self):
         if not self.main:
@@ -512,10 +533,10 @@ class _Run:
             built.append({"name": name, "arch": p.arch, "hook": hook, "d_sae": d_sae, "options": kw})
         return targets, built
 
-    def _loop(self, adapter, trainer: Trainer, hooks, held: HeldOut | None, position: int, block: int, into: int,
-              found) -> RunResult:
+    def _loop(self, adapter, trainer: Trainer, hooks, held: HeldOut | None, wb, position: int, block: int,
+              into: int) -> _Session:
+        """The steps, from stream position ``position`` (block ``block``, ``into`` of its batches done)."""
         cfg, dist, folder, stop = self.cfg, self.dist, self.folder, self.stop
-        wb = open_wandb(cfg.wandb_project, self.fingerprint, cfg.out) if cfg.wandb and self.main else None
         batches = training_batches(cfg, adapter.tokenizer, rank=dist.rank, world_size=dist.world_size,
                                    skip_sequences=position, max_positions=adapter.max_positions)
         acts = stream_activations(adapter, hooks, batches, start_sequences=position, world_size=dist.world_size,
@@ -545,13 +566,14 @@ class _Run:
                         scores = held_out_scores(trainer, held, adapter)
                         record.update({f"eval/{n}/{k}": v for n, m in scores.items() for k, v in m.items()})
                         eval_s += time.perf_counter() - t0
-                    if log is not None:
+                    if log is not None:  # main rank only
                         log.write(json.dumps(record) + "\n")
                         log.flush()
                         if wb is not None:
                             wb.log(record, step=step)
                     if bar is not None:
-                        update_bar(bar, stats, (trainer.tokens - tokens_at_start) / max(time.perf_counter() - t_train - eval_s, 1e-9))
+                        elapsed = max(time.perf_counter() - t_train - eval_s, 1e-9)
+                        update_bar(bar, stats, (trainer.tokens - tokens_at_start) / elapsed)
                     # Where a resumed run picks up: the start of the current block, and how far into it.
                     if batch.end_of_block:
                         block_start, in_block = batch.sequences, 0
@@ -572,17 +594,21 @@ class _Run:
                 # The corpus ran dry before the token budget: keep what was trained (saved below), then say so.
                 ran_dry = e
         stop.graceful = False
-        stop.where = "during the final evaluation (the checkpoints are kept)"
         if ran_dry is not None and trainer.step_count == 0:
             raise ran_dry
-        train_s = time.perf_counter() - t_train - eval_s
         if bar is not None:
             bar.close()
-        trained = trainer.tokens - tokens_at_start
+        return _Session(time.perf_counter() - t_train - eval_s, eval_s, trainer.tokens - tokens_at_start,
+                        nonfinite_rows, ran_dry)
+
+    def _finish(self, adapter, trainer: Trainer, held: HeldOut | None, wb, session: _Session, found) -> RunResult:
+        """Score the SAEs on the held-out block, save them and the report (main rank), mark the run finished."""
+        cfg, dist, folder = self.cfg, self.dist, self.folder
+        train_s, eval_s, trained = session.train_seconds, session.eval_seconds, session.trained_tokens
         common = dict(out=cfg.out, model=cfg.model, tokens=trainer.tokens, trained_tokens_this_session=trained,
                       steps=trainer.step_count, autocast=trainer.autocast, seconds=round(train_s, 2),
                       tokens_per_s=round(trained / max(train_s, 1e-9), 1), world_size=dist.world_size, rank=dist.rank,
-                      sae_workers=trainer.workers(), nonfinite_rows_skipped=nonfinite_rows,
+                      sae_workers=trainer.workers(), nonfinite_rows_skipped=session.nonfinite_rows,
                       dead_window_tokens=trainer.dead_window,
                       resumed_from_step=None if found is None else int(found.state["trainer"]["step"]))
         if not self.main:
@@ -594,7 +620,7 @@ class _Run:
         saes = []
         for t in trainer.targets:
             m = final[t.name]
-            ce = {k: m.get(k) for k in ("ce_clean", "ce_spliced", "delta_ce", "recaptured_zero", "recaptured_mean", "kl")}
+            ce = {k: m.get(k) for k in CE_FIELDS}
             # since_fired == all tokens trained on: the latent never fired during the whole run.
             never = float((trainer.since_fired[t.name] >= trainer.tokens).float().mean())
             dead = float((trainer.since_fired[t.name] >= trainer.dead_window).float().mean())
@@ -609,9 +635,9 @@ class _Run:
             wb.log({f"final/{s.name}/{k}": v for s in saes for k, v in dataclasses.asdict(s).items()
                     if isinstance(v, (int, float))})
             wb.finish()
-        if ran_dry is not None:
-            raise CorpusError(f"{ran_dry} Stopped after {trainer.tokens:,} tokens; the SAEs trained so far are saved "
-                              f"in {folder.saes} (metrics.json has their held-out scores).")
+        if session.ran_dry is not None:
+            raise CorpusError(f"{session.ran_dry} Stopped after {trainer.tokens:,} tokens; the SAEs trained so far "
+                              f"are saved in {folder.saes} (metrics.json has their held-out scores).")
         return result
 
     def _checkpoint(self, trainer: Trainer, position: dict[str, int]):

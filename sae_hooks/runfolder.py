@@ -182,9 +182,9 @@ class RunFolder:
         if not entries:
             return "fresh"
         if info is None:
+            why = "--overwrite deletes only what a run wrote, so it refuses this folder; c" if overwrite else "C"
             raise ValueError(f"--out {self.path} is not a run folder (no run.json) and holds {_describe(entries)}. "
-                             f"{'--overwrite deletes only what a run wrote, so it refuses this folder; c' if overwrite else 'C'}"
-                             "hoose a new or empty folder.")
+                             f"{why}hoose a new or empty folder.")
         if not overwrite:
             raise ValueError(f"--out {self.path} already holds another run. Pass --resume to continue it, --overwrite "
                              "to replace it, or choose another --out.")

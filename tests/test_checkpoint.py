@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sae_hooks.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from sae_hooks.checkpoint import (
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 
 
 def test_roundtrip_and_keep(tmp_path):

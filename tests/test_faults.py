@@ -30,7 +30,13 @@ from sae_hooks.runfolder import LOCK_NAME, RunFolder, RunFolderBusy
 from sae_hooks.sae import load_sae
 from tests.test_train import tiny_config, tiny_env, train_argv  # noqa: F401  (tiny_env is a fixture)
 from tests.test_train_resume import (
-    RESUME_RUN, assert_same_weights, logged_steps, rows_logged, saved_weights, start_cli, wait_for,
+    RESUME_RUN,
+    assert_same_weights,
+    logged_steps,
+    rows_logged,
+    saved_weights,
+    start_cli,
+    wait_for,
 )
 
 FAULT_RUN = dict(archs=("topk", "batchtopk"), tokens=6144, checkpoint_every=4, mix_batches=4, eval_every=0,
@@ -286,7 +292,8 @@ def test_cli_signal_at_a_random_step_prints_the_resume_command(tiny_env, cli_ref
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + sig, err[-2000:]
     lines = err_lines(err)
-    assert len(lines) == 1 and lines[0].startswith(f"sae-hooks train: interrupted: stopped by {sig.name} at step"), lines
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"sae-hooks train: interrupted: stopped by {sig.name} at step"), lines
     stopped = int(lines[0].split(" at step ")[1].split()[0])
     assert at <= stopped < 24 and logged_steps(out) == list(range(1, stopped + 1))
     command = shlex.split(lines[0].split("Resume with: ")[1])

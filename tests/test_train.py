@@ -14,7 +14,6 @@ from sae_hooks.run import RunConfig, train
 from sae_hooks.sae import load_sae, make_sae
 from sae_hooks.trainer import Target, TrainConfig, Trainer, default_dead_window, held_out_metrics, lr_factor
 
-
 # ---- schedule and config ------------------------------------------------------------------
 
 
@@ -562,7 +561,8 @@ def test_default_stream_does_not_start_with_the_alphabetically_first_files(smol_
 
     docs = list(iter_documents(CorpusConfig(split="train")))  # sorted path order
     first_tenth = docs[: len(docs) // 10]
-    shuffled, in_order = _first_batch(RunConfig(), smol_tokenizer), _first_batch(RunConfig(shuffle=False), smol_tokenizer)
+    shuffled = _first_batch(RunConfig(), smol_tokenizer)
+    in_order = _first_batch(RunConfig(shuffle=False), smol_tokenizer)
     assert all(any(p in d for d in first_tenth) for p in _pieces(in_order, smol_tokenizer))  # the check finds them
     pieces = _pieces(shuffled, smol_tokenizer)
     found = [any(p in d for d in first_tenth) for p in pieces]
