@@ -209,6 +209,12 @@ def test_sweep_rows_summary_and_outputs(tiny_hf, tmp_path):
         for r in (r for r in rep.rows if r.sae == name and r.size == 96):
             assert r.fvu == pytest.approx(ref.fvu, rel=1e-6) and r.l0 == ref.l0
             assert r.ce_spliced == pytest.approx(ref.ce_spliced, rel=1e-6)
+    # ReLU latents do not compete: reselect gives the mask's codes everywhere and is evaluated once.
+    relu = {(r.mode, r.size): r for r in rep.rows if r.sae == "relu"}
+    for size in (8, 16, 48):
+        assert relu[("reselect", size)].same_codes_as == "mask"
+        assert relu[("reselect", size)].fvu == relu[("mask", size)].fvu
+    assert not any(r.same_codes_as for r in rep.rows if r.arch != "standard")
     topk_mask = [r for r in rep.rows if r.sae == "topk_a" and r.mode == "mask"]
     assert [r.l0 for r in topk_mask] == sorted(r.l0 for r in topk_mask)  # fewer kept latents, fewer active
     for size in (8, 16, 48):  # reselect keeps up to k active; the mask loses the pruned ones
@@ -375,3 +381,61 @@ def test_cli_bad_inputs_each_one_error_and_nothing_written(capsys, tiny_model_di
         assert [line for line in stderr.splitlines() if "error" in line] == \
             [f"sae-hooks progressive: error: {err['error']}"], (case, stderr)
         assert not out.exists(), case
+
+
+PY = ["def f(a, b):\n    # add\n    return a + b\n", "class K:\n    \"\"\"Doc.\"\"\"\n    x = 1\n",
+      "import os\nfor i in range(3):\n    if i:\n        print(i)\n"]
+
+
+def test_cli_interp_scores_for_every_size(capsys, tiny_model_dir, tmp_path):
+    """With --interp-tokens every reduced SAE gets the offline interpretability scores (Python labels)."""
+    vanilla, mats = _saes()
+    for name in ("topk_a", "mat"):
+        sae = {**vanilla, **mats}[name]
+        sae.metadata = {"hook_name": HOOK}
+        sae.save(tmp_path / name)
+    path = tmp_path / "py.jsonl"
+    path.write_text("".join(json.dumps({"text": PY[i % 3] * (1 + i % 4)}) + "\n" for i in range(160)))
+    rc, out, _ = _cli(capsys, ["progressive", "--vanilla", str(tmp_path / "topk_a"),
+                               "--matryoshka", str(tmp_path / "mat"), "--model", str(tiny_model_dir),
+                               "--corpus", str(path), "--split", "all", "--ctx", "32", "--tokens", "640",
+                               "--importance-tokens", "320", "--rsa-tokens", "64", "--sizes", "16", "96",
+                               "--modes", "mask", "--interp-tokens", "1280", "--out", str(tmp_path / "prog")])
+    assert rc == 0, out
+    for row in out["rows"]:
+        assert 0 <= row["interp"]["best_latent_f1"] <= 1 and "probe_f1_1" in row["interp"], row
+    assert "interp_best_latent_f1" in out["summary"][0]
+    assert "best_latent_f1" in (tmp_path / "prog" / "report.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# The tutorial, end to end on the real embedded model (slow; still run in CI)
+
+
+@pytest.mark.slow
+def test_tutorial_small_runs_end_to_end(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "tutorials" / "progressive_coding.py"
+    env = dict(os.environ, PYTHONPATH=str(script.parents[1]))
+    proc = subprocess.run([sys.executable, str(script), "--small", "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, env=env, timeout=3600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "out"
+    data = json.loads((out / "claims.json").read_text())
+    assert [(c["claim"], c["hook"]) for c in data["claims"]] == [(str(i), "resid_post.6") for i in range(1, 5)]
+    assert all(c["reproduced"] in ("yes", "no", "not measured") for c in data["claims"])
+    report = json.loads((out / "progressive_resid_post.6" / "report.json").read_text())
+    assert {f["arch"] for f in report["fits"]} == {"topk", "standard"} and len(report["fits"]) == 4  # 2 seeds
+    full = [r for r in report["rows"] if r["size"] == report["d_sae"] and r["arch"] == "topk"]
+    assert full and all(r["l0"] == pytest.approx(16.0) and r["rsa_full"] == pytest.approx(1.0) for r in full)
+    for name in ("against_size.png", "against_l0.png", "importance.png", "report.md"):
+        assert (out / "progressive_resid_post.6" / name).is_file(), name
+    assert "| claim | paper's statement |" in (out / "claims.md").read_text()
+    # A second run reuses the finished training run instead of training again.
+    again = subprocess.run([sys.executable, str(script), "--small", "--out", str(out)], capture_output=True, text=True,
+                           env=env, timeout=3600)
+    assert again.returncode == 0 and "reusing the finished training run" in again.stdout

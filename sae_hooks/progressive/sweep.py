@@ -47,7 +47,9 @@ DEFINITIONS = (
     "importance_i = E[(a_i * ||d_i||)^2] over the importance tokens; fits: least squares of log importance on "
     "log rank (power law, exponent alpha) and on rank (exponential, rate lambda), same ranks, R^2 of log importance; "
     "mask = the full SAE's codes of the top-G latents; reselect = the SAE rebuilt from the top-G latents, its "
-    "encoder choosing among them (TopK: k of G); prefix = a Matryoshka SAE's first G latents as trained; "
+    "encoder choosing among them (TopK: k of G); a reselect row with same_codes_as=mask has the mask row's active "
+    "latents at every evaluated position and its codes to float rounding, and shares its evaluation; "
+    "prefix = a Matryoshka SAE's first G latents as trained; "
     "FVU, L0, recaptured (zero/mean ablation), delta CE, KL as in sae-hooks eval; rsa_full / rsa_input = Pearson "
     "correlation of the pairwise Euclidean token distances of the reduced reconstruction with those of the SAE's "
     "full reconstruction / of the original activations, on the first rsa_tokens evaluated positions."
@@ -155,6 +157,9 @@ class SweepRow:
     """RSA of this reconstruction with the original activations."""
     interp: Mapping[str, float] = field(default_factory=dict)
     """Offline interpretability scores of the reduced dictionary (empty when not computed)."""
+    same_codes_as: str = ""
+    """"mask" when this reselect row has the mask row's active latents at every evaluated position and
+    its codes equal to float rounding (rtol 1e-5): its numbers are then that row's, evaluated once."""
 
 
 class Aggregate(NamedTuple):
@@ -360,21 +365,39 @@ def check_saes(adapter: Any, vanilla: Mapping[str, Any], matryoshka: Mapping[str
 # The sweep
 
 
+def _same_codes(za: Tensor, zb: Tensor) -> bool:
+    """The same latents active on every row and their values equal up to float rounding. A pruned
+    encoder's product has another shape than the full one's, so its codes may differ in the last bits
+    (~1e-7 relative) even where the architecture makes them equal (ReLU: no competition between latents)."""
+    if za.shape != zb.shape or not torch.equal(za != 0, zb != 0):
+        return False
+    scale = float(za.abs().max()) if za.numel() else 0.0
+    return bool(torch.allclose(za.float(), zb.float(), rtol=1e-5, atol=1e-6 * scale))
+
+
 @torch.no_grad()
-def _capture_rows(adapter: Any, tokens: TokenBatch, hook: str, batch_size: int, limit: int | None = None):
-    """Activation rows [n, d] (float32, CPU) at the evaluated positions of ``tokens``, batch by batch,
-    stopping once ``limit`` rows are gathered; the forward stops at the hook."""
+def _scan(adapter: Any, tokens: TokenBatch, hook: str, batch_size: int, sample: int,
+          pairs: Sequence[tuple[Any, Any]]) -> tuple[Tensor, list[bool]]:
+    """(the first ``sample`` evaluated activation rows [n, d] (float32, CPU), for each (a, b) of ``pairs``
+    whether a and b encode every evaluated position to the same codes (``_same_codes``)), from forwards
+    that stop at the hook, batch by batch as the evaluation runs them. Without pairs it stops once the
+    sample is full."""
     got, n = [], 0
+    same = [True] * len(pairs)
     for lo in range(0, tokens.input_ids.shape[0], batch_size):
+        if n >= sample and not any(same):
+            break
         ids, m = tokens.input_ids[lo: lo + batch_size], tokens.mask[lo: lo + batch_size]
         x = adapter.capture(ids.to(adapter.device), [hook])[hook]
-        rows = x[m.to(x.device)].float().cpu()  # [n_b, d]
-        got.append(rows)
-        n += rows.shape[0]
-        if limit is not None and n >= limit:
-            break
+        rows = x[m.to(x.device)]  # [n_b, d]
+        if n < sample:
+            got.append(rows[: sample - n].float().cpu())
+            n += got[-1].shape[0]
+        for k, (a, b) in enumerate(pairs):
+            if same[k]:
+                same[k] = _same_codes(a.encode(rows.to(a.device, a.dtype)), b.encode(rows.to(b.device, b.dtype)))
     out = torch.cat(got) if got else torch.zeros(0, adapter.width(hook))
-    return out if limit is None else out[:limit]
+    return out, same
 
 
 def _importance(saes: Mapping[str, Any], adapter: Any, tokens: TokenBatch, hook: str, batch_size: int
@@ -481,48 +504,61 @@ def sweep(
             view = sae if w == d_sae else sae.prefix(int(w))
             conditions.append(_Condition(name, str(sae.architecture), "prefix", int(w), view, sae))
 
-    # 3. One evaluate_many call: one clean forward per batch for every condition. The G = d_sae
-    # conditions of the prune modes are one SAE: evaluated once.
+    # 3. One pass over the evaluated activations (the forward stops at the hook): the RSA sample, and
+    # whether a reselect view gives its mask view's codes at every evaluated position (same active
+    # latents, values equal to float rounding: ReLU, JumpReLU, thresholded BatchTopK, whose latents do
+    # not compete). Such a pair is evaluated once and its rows say so (same_codes_as="mask").
+    t1 = time.perf_counter()
+    twins = {(c.sae, c.size): c.view for c in conditions if c.mode == "mask" and c.size != d_sae}
+    candidates = {id(c.view): (c.view, twins[(c.sae, c.size)]) for c in conditions
+                  if c.mode == "reselect" and (c.sae, c.size) in twins}
+    x, same = _scan(adapter, tokens, hook, config.batch_size, config.rsa_tokens, list(candidates.values()))
+    if x.shape[0] < 3:
+        raise ValueError(f"The RSA sample has {x.shape[0]} evaluated positions; it needs at least 3. Give more tokens.")
+    canon = {k: id(candidates[k][1]) if same[n] else k for n, k in enumerate(candidates)}
+    times["scan"] = time.perf_counter() - t1
+
+    # 4. One evaluate_many call: one clean forward per batch for every distinct reduced SAE. The G = d_sae
+    # conditions of the prune modes are the SAE itself: evaluated once.
     unique: dict[int, int] = {}
     pairs: list[tuple[str, Any]] = []
     for c in conditions:
-        if id(c.view) not in unique:
-            unique[id(c.view)] = len(pairs)
+        key = canon.get(id(c.view), id(c.view))
+        if key not in unique:
+            unique[key] = len(pairs)
             pairs.append((hook, c.view))
-    t1 = time.perf_counter()
+    t2 = time.perf_counter()
     reports: list[EvalReport] = evaluate_many(adapter, pairs, tokens, batch_size=config.batch_size, top_contexts=0,
                                               ablation_scope=config.ablation_scope,
                                               allow_hook_mismatch=allow_hook_mismatch)
-    times["evaluate"] = time.perf_counter() - t1
+    times["evaluate"] = time.perf_counter() - t2
 
-    # 4. RSA on a sample of evaluated positions.
-    t2 = time.perf_counter()
-    x = _capture_rows(adapter, tokens, hook, config.batch_size, limit=config.rsa_tokens)
-    if x.shape[0] < 3:
-        raise ValueError(f"The RSA sample has {x.shape[0]} evaluated positions; it needs at least 3. Give more tokens.")
-    full_recon = {id(s): _reconstruct(s, x) for s in {id(c.full): c.full for c in conditions}.values()}
-    rsa_of: dict[int, tuple[float, float]] = {}
-    for c in conditions:
-        if id(c.view) not in rsa_of:
-            r = _reconstruct(c.view, x)
-            rsa_of[id(c.view)] = (rsa(r, full_recon[id(c.full)]), rsa(r, x))
-    times["rsa"] = time.perf_counter() - t2
+    # 5. RSA on the sample: each distinct reduced reconstruction against its SAE's full one and the input.
+    t3 = time.perf_counter()
+    full_recon = {id(sae): _reconstruct(sae, x) for sae in {**vanilla, **matryoshka}.values()}
+    rsa_of: list[tuple[float, float]] = []
+    for _, view in pairs:
+        full = next(c.full for c in conditions if c.view is view)
+        r = _reconstruct(view, x)
+        rsa_of.append((rsa(r, full_recon[id(full)]), rsa(r, x)))
+    times["rsa"] = time.perf_counter() - t3
 
-    # 5. Interpretability of the reduced dictionaries, where a scorer is given.
-    scores: dict[str, Mapping[str, float]] = {}
+    # 6. Interpretability of the distinct reduced dictionaries, where a scorer is given.
+    scores: dict[int, Mapping[str, float]] = {}
     if interp_scores is not None:
-        t3 = time.perf_counter()
-        named = {f"{c.sae}|{c.mode}|{c.size}": c.view for c in conditions}
-        scores = dict(interp_scores(named, hook))
-        times["interp"] = time.perf_counter() - t3
+        t4 = time.perf_counter()
+        got = dict(interp_scores({f"view{n}": view for n, (_, view) in enumerate(pairs)}, hook))
+        scores = {n: got.get(f"view{n}", {}) for n in range(len(pairs))}
+        times["interp"] = time.perf_counter() - t4
 
     rows = []
     for c in conditions:
-        rep = reports[unique[id(c.view)]]
-        r_full, r_in = rsa_of[id(c.view)]
+        n = unique[canon.get(id(c.view), id(c.view))]
+        rep, (r_full, r_in) = reports[n], rsa_of[n]
+        shared = "mask" if canon.get(id(c.view), id(c.view)) != id(c.view) else ""
         rows.append(SweepRow(c.sae, c.arch, c.mode, c.size, rep.fvu, rep.l0, rep.recaptured_zero, rep.recaptured_mean,
                              rep.delta_ce, rep.kl, rep.ce_spliced, rep.dead_frac, r_full, r_in,
-                             dict(scores.get(f"{c.sae}|{c.mode}|{c.size}", {}))))
+                             dict(scores.get(n, {})), shared))
     first = reports[0]
     times["total"] = time.perf_counter() - t0
     return ProgressiveReport(
