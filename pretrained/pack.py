@@ -113,7 +113,8 @@ def add(src: Path, name: str, command: str, description: str, commit: str | None
                   "steps": trained.get("steps"), "seed": settings.get("seed"), "corpus": settings.get("corpus"),
                   "shuffle": settings.get("shuffle"),
                   "ctx": settings.get("ctx"), "batch_tokens": settings.get("batch_tokens"), "wall_s": wall_s,
-                  "fp16_rounding": {n: report[n]["rel_rounding_error"] for n in HALF if n in report}},
+                  "fp16_rounding": {n: report[n]["rel_rounding_error"] for n in HALF if n in report},
+                  "fp16_subnormal": {n: report[n]["frac_subnormal"] for n in HALF if n in report}},
         metrics=None,
     )
     entries = [e for e in reg.entries if e.name != name] + [entry]
