@@ -244,6 +244,24 @@ def test_every_subcommand_prints_json_last(tiny_run_inputs, tmp_path, capsys):
     assert main(["interp", "--sae", sae, "--model", tiny_run_inputs[1], "--corpus", str(py), "--split", "all", "--ctx",
                  "32", "--tokens", "512", "--ks", "1", "--min-label-tokens", "2", "--json"]) == 0
     results["interp"] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["pretrained", "list", "--json"]) == 0
+    results["pretrained"] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["features", "--sae", sae, *tiny_run_inputs, "--latent", "0", "--tokens", "256", "--ctx", "32",
+                 "--progress", "off", "--json"]) == 0
+    results["features"] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["dashboard", "--sae", sae, *tiny_run_inputs, "--tokens", "256", "--ctx", "32", "--n-latents", "4",
+                 "--progress", "off", "--out", str(tmp_path / "dash"), "--json"]) == 0
+    results["dashboard"] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["synth", "--arch", "topk", "--d-sae", "20", "--n-train", "1000", "--n-eval", "200", "--seeds", "1",
+                 "--workers", "1", "--out", str(tmp_path / "synth"), "--json"]) == 0
+    results["synth"] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    mrun = tmp_path / "mrun"  # progressive needs a vanilla and a Matryoshka SAE at one hook
+    assert main([*argv[:-3], "--arch", "topk", "--arch", "matryoshka", "--out", str(mrun), "--json"]) == 0
+    capsys.readouterr()
+    assert main(["progressive", "--run", str(mrun), "--hook", "resid_post.1", "--tokens", "256", "--ctx", "32",
+                 "--split", "all", "--importance-tokens", "256", "--rsa-tokens", "64",
+                 "--out", str(tmp_path / "prog"), "--json"]) == 0
+    results["progressive"] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(results) == set(COMMANDS)  # a new subcommand must be added here
     assert results["train"]["tokens"] > 0 and results["eval"]["hook"] == "resid_post.1"
     assert results["steer"]["edits"] == ["3:add:5"] and results["info"]["model"]["n_layers"] == 3
