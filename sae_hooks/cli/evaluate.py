@@ -25,9 +25,10 @@ def split_help(purpose: str) -> str:
 
     fraction = next(f.default for f in fields(CorpusConfig) if f.name == "eval_fraction")
     return (f"which documents of --corpus {purpose}: 'eval' (default) = the held-out side of a stable hash split "
-            f"(about {fraction:.0%} of the documents, never seen by 'sae-hooks train' on the same corpus), 'train' = "
-            "the other side, 'all' = every document in file order, no hashing (for a file that is already your "
-            "held-out set)")
+            # %% : argparse %-formats help strings, so a bare % breaks --help
+            f"(about {fraction * 100:.0f}%% of the documents, never seen by 'sae-hooks train' on the same corpus), "
+            "'train' = the other side, 'all' = every document in file order, no hashing (for a file that is already "
+            "your held-out set)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
