@@ -12,6 +12,7 @@ loop of plain evaluations would have paid once each). One run, no repeats: on a 
 ratio is the figure to read, not the seconds.
 
     python bench/progressive.py --run runs/prog/train --hook resid_post.6 --tokens 1024
+    python bench/progressive.py --vanilla A --vanilla B --matryoshka M --sizes 128 288 576 1152
 """
 
 from __future__ import annotations
@@ -43,8 +44,12 @@ def timed(argv: list[str]) -> tuple[float, dict]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", required=True,
-                   help="run folder of `sae-hooks train` (e.g. from tutorials/progressive_coding.py)")
+    p.add_argument("--run", default=None,
+                   help="run folder of `sae-hooks train`: every SAE of --hook in it (or name them below)")
+    p.add_argument("--vanilla", action="append", default=[], help="a vanilla SAE folder (repeatable)")
+    p.add_argument("--matryoshka", action="append", default=[], help="a Matryoshka SAE folder (repeatable)")
+    p.add_argument("--rsa-tokens", type=int, default=512)
+    p.add_argument("--interp-tokens", type=int, default=0, help="offline interpretability scores too (0 = off)")
     p.add_argument("--hook", default="resid_post.6")
     p.add_argument("--tokens", type=int, default=1024, help="evaluated tokens, both commands")
     p.add_argument("--importance-tokens", type=int, default=4096)
@@ -52,16 +57,24 @@ def main() -> None:
     p.add_argument("--dtype", default="bf16")
     args = p.parse_args()
 
-    run = Path(args.run)
-    info = json.loads((run / "run.json").read_text())
-    first = next(e for e in info["saes"] if e["hook"] == args.hook)
+    if args.run:
+        info = json.loads((Path(args.run) / "run.json").read_text())
+        one = str(Path(args.run) / "saes" / next(e for e in info["saes"] if e["hook"] == args.hook)["name"])
+        saes = ["--run", args.run]
+    elif args.vanilla or args.matryoshka:
+        one = (args.vanilla or args.matryoshka)[0]
+        saes = [a for f in args.vanilla for a in ("--vanilla", f)]
+        saes += [a for f in args.matryoshka for a in ("--matryoshka", f)]
+    else:
+        raise SystemExit("give --run RUN_FOLDER or --vanilla / --matryoshka SAE folders")
     common = ["--tokens", str(args.tokens), "--dtype", args.dtype]
     # Warm-up: the first load converts / reads the model and the corpus caches.
-    timed(["eval", "--sae", str(run / "saes" / first["name"]), "--tokens", "256", "--dtype", args.dtype])
-    eval_s, ev = timed(["eval", "--sae", str(run / "saes" / first["name"]), *common])
+    timed(["eval", "--sae", one, "--tokens", "256", "--dtype", args.dtype])
+    eval_s, ev = timed(["eval", "--sae", one, *common])
     with tempfile.TemporaryDirectory() as tmp:
-        sweep_argv = ["progressive", "--run", str(run), "--hook", args.hook, *common,
-                      "--importance-tokens", str(args.importance_tokens), "--out", str(Path(tmp) / "prog")]
+        sweep_argv = ["progressive", *saes, "--hook", args.hook, *common, "--importance-tokens",
+                      str(args.importance_tokens), "--rsa-tokens", str(args.rsa_tokens), "--interp-tokens",
+                      str(args.interp_tokens), "--out", str(Path(tmp) / "prog")]
         if args.sizes:
             sweep_argv += ["--sizes", *map(str, args.sizes)]
         sweep_s, rep = timed(sweep_argv)
@@ -69,11 +82,11 @@ def main() -> None:
     # is the mask row: each evaluated once.
     distinct = len({(r["sae"], r["size"], "full" if r["size"] == rep["d_sae"] else r["mode"])
                     for r in rep["rows"] if not r["same_codes_as"]})
-    out = {"hook": args.hook, "tokens": ev["tokens"], "eval_sae": first["name"], "eval_s": round(eval_s, 1),
+    out = {"hook": args.hook, "tokens": ev["tokens"], "eval_sae": one, "eval_s": round(eval_s, 1),
            "sweep_s": round(sweep_s, 1), "ratio": round(sweep_s / eval_s, 2), "sweep_rows": len(rep["rows"]),
            "sweep_distinct_evaluated": distinct, "saes": len({r["sae"] for r in rep["rows"]}),
            "sweep_phases_s": rep["seconds"]}
-    print(f"sae-hooks eval of {first['name']}: {eval_s:.1f} s; sae-hooks progressive ({out['saes']} SAEs, "
+    print(f"sae-hooks eval of {one}: {eval_s:.1f} s; sae-hooks progressive ({out['saes']} SAEs, "
           f"{len(rep['rows'])} rows, {distinct} distinct reduced SAEs evaluated): {sweep_s:.1f} s; "
           f"ratio {out['ratio']}")
     print(json.dumps(out))

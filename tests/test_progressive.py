@@ -330,6 +330,15 @@ def _cli(capsys, argv):
     return rc, json.loads(captured.out.strip().splitlines()[-1]), captured.err
 
 
+def test_cli_help_lists_the_flags(capsys):
+    from sae_hooks.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["progressive", "--help"])
+    text = capsys.readouterr().out
+    assert e.value.code == 0 and all(f in text for f in ("--run", "--vanilla", "--matryoshka", "--modes", "--fit-ranks"))
+
+
 def test_cli_on_a_run_folder(capsys, tiny_model_dir, corpus, run_dir, tmp_path):
     common = ["--model", str(tiny_model_dir), "--corpus", str(corpus), "--split", "all", "--tokens", "320",
               "--importance-tokens", "320", "--rsa-tokens", "64", "--batch-size", "4"]

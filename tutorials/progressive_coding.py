@@ -177,10 +177,22 @@ def _at(report: dict[str, Any], arch: str, mode: str, size: int) -> dict[str, An
     return next((s for s in report["summary"] if (s["arch"], s["mode"], s["size"]) == (arch, mode, size)), None)
 
 
+def _duplicates(report: dict[str, Any]) -> set[tuple[str, str]]:
+    """(arch, "reselect") groups whose every row below full size has the mask rows' codes (same_codes_as):
+    one dictionary under two names, compared once (as mask)."""
+    out = set()
+    for arch in {r["arch"] for r in report["rows"]}:
+        rows = [r for r in report["rows"]
+                if r["arch"] == arch and r["mode"] == "reselect" and r["size"] < report["d_sae"]]
+        if rows and all(r["same_codes_as"] == "mask" for r in rows):
+            out.add((arch, "reselect"))
+    return out
+
+
 def _compare(report: dict[str, Any], metric: str, better: str) -> dict[str, Any]:
-    """Matryoshka prefix against every pruned (arch, mode) at each Matryoshka width G < d_sae."""
+    """Matryoshka prefix against every distinct pruned (arch, mode) at each Matryoshka width G < d_sae."""
     widths = sorted({s["size"] for s in report["summary"] if s["mode"] == "prefix" and s["size"] < report["d_sae"]})
-    pruned = sorted({(s["arch"], s["mode"]) for s in report["summary"] if s["mode"] != "prefix"})
+    pruned = sorted({(s["arch"], s["mode"]) for s in report["summary"] if s["mode"] != "prefix"} - _duplicates(report))
     cells, wins, total = [], 0, 0
     for arch, mode in pruned:
         for g in widths:
@@ -234,13 +246,16 @@ def claims(reports: dict[str, dict[str, Any]], meta: dict[str, Any]) -> list[dic
                             f"(zero abl.) in {rec['matryoshka_wins']}/{rec['comparisons']} comparisons. FVU: "
                             f"{_cells_text(fvu)}. Recaptured: {_cells_text(rec)}",
                     "compact": _compact(fvu, "FVU") + "; " + _compact(rec, "recaptured"),
+                    "tally": f"FVU {fvu['matryoshka_wins']}/{fvu['comparisons']}, recaptured "
+                             f"{rec['matryoshka_wins']}/{rec['comparisons']}",
                     "fvu": fvu, "recaptured_zero": rec})
         r = _compare(rep, "rsa_full", "higher")
         ok = r["comparisons"] > 0 and r["matryoshka_wins"] == r["comparisons"]
         out.append({"claim": "3", "hook": hook, "reproduced": "yes" if ok else "no",
                     "ours": f"Matryoshka higher RSA with its full reconstruction in "
                             f"{r['matryoshka_wins']}/{r['comparisons']}: "
-                            f"{_cells_text(r)}", "compact": _compact(r, "RSA"), "rsa_full": r})
+                            f"{_cells_text(r)}", "compact": _compact(r, "RSA"), "rsa_full": r,
+                    "tally": f"{r['matryoshka_wins']}/{r['comparisons']}"})
         i = _compare(rep, "interp_best_latent_f1", "higher")
         if i["comparisons"] == 0:
             out.append({"claim": "4", "hook": hook, "reproduced": "not measured",
@@ -251,7 +266,8 @@ def claims(reports: dict[str, dict[str, Any]], meta: dict[str, Any]) -> list[dic
             out.append({"claim": "4", "hook": hook, "reproduced": "yes" if pruned_wins == i["comparisons"] else "no",
                         "ours": f"pruned vanilla higher best-latent F1 in {pruned_wins}/{i['comparisons']}: "
                                 f"{_cells_text(i)}",
-                        "compact": _compact(i, "best-latent F1", wins_by="pruned"), "best_latent_f1": i})
+                        "compact": _compact(i, "best-latent F1", wins_by="pruned"), "best_latent_f1": i,
+                        "tally": f"{pruned_wins}/{i['comparisons']}"})
     for entry in out:
         entry["paper"] = PAPER[entry["claim"]]
         entry["criterion"] = CRITERIA[entry["claim"]]
@@ -267,7 +283,8 @@ def claims_markdown(entries: list[dict[str, Any]], meta: dict[str, Any]) -> str:
              "| claim | paper's statement | hook | ours (mean ± sd over seeds) | reproduced? |",
              "|---|---|---|---|---|"]
     for e in entries:
-        lines.append(f"| {e['claim']} | {e['paper']} | {e['hook']} | {e['compact']} | {e['reproduced']} |")
+        tally = f" ({e['tally']})" if e.get("tally") else ""
+        lines.append(f"| {e['claim']} | {e['paper']} | {e['hook']} | {e['compact']} | {e['reproduced']}{tally} |")
     lines += ["", "Criteria (fixed before the runs):"] + [f"- claim {k}: {v}" for k, v in CRITERIA.items()]
     lines += ["", "Every comparison:"] + [f"- claim {e['claim']}, {e['hook']}: {e['ours']}" for e in entries]
     return "\n".join(lines)
@@ -279,6 +296,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--small", action="store_true", help="a few minutes: one hook, 2 seeds, d_sae 256, 4,096 tokens")
     p.add_argument("--out", default="runs/progressive_coding", help="folder for the run, the sweeps and claims.md")
     p.add_argument("--interp-tokens", type=int, default=None, help="override: tokens of the interpretability scores")
+    p.add_argument("--reuse-sweeps", action="store_true",
+                   help="decide the claims from the sweeps already in OUT (written by this script) instead of "
+                        "rerunning them")
     args = p.parse_args(argv)
     cfg = dict(SMALL if args.small else FULL)
     if args.interp_tokens is not None:
@@ -298,14 +318,21 @@ def main(argv: list[str] | None = None) -> None:
         chosen[hook] = {"l1": l1, "mean_l0_by_l1": l0s}
         print(f"{hook}: ReLU-L1 mean held-out L0 by L1 coefficient {l0s}; using L1 = {l1:g} (nearest k = {cfg['k']})")
         folder = out / f"progressive_{hook}"
-        walls[f"progressive {hook}"] = run_cli(progressive_argv(cfg, out / "train", hook, folder, l1))
+        if args.reuse_sweeps and (folder / "report.json").is_file():
+            print(f"reusing the sweep in {folder}")
+        else:
+            walls[f"progressive {hook}"] = run_cli(progressive_argv(cfg, out / "train", hook, folder, l1))
         reports[hook] = json.loads((folder / "report.json").read_text())
 
     meta = {"model": "smollm2-135m-instruct", "l1_chosen": chosen,
             **{k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}}
     entries = claims(reports, meta)
     text = claims_markdown(entries, meta)
-    text += "\n\nWall times: " + ", ".join(f"{k} {v:.0f} s" for k, v in walls.items()) + "\n"
+    phases = {h: ", ".join(f"{k} {v:.0f}" for k, v in r["seconds"].items() if k != "total") for h, r in reports.items()}
+    sweeps = ", ".join(f"{h} {r['seconds']['total']:.0f} s ({phases[h]})" for h, r in reports.items())
+    text += f"\n\nSweep wall times (from each report): {sweeps}.\n"
+    if walls:
+        text += "Wall times of this invocation: " + ", ".join(f"{k} {v:.0f} s" for k, v in walls.items()) + "\n"
     (out / "claims.md").write_text(text)
     (out / "claims.json").write_text(json.dumps({"claims": entries, "wall_s": walls}, indent=1, default=str))
     print(text)

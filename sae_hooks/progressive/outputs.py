@@ -109,6 +109,10 @@ def plot_sweep(report: ProgressiveReport, path: Path, *, x: str = "size") -> Non
             style = "-o" if mode == "prefix" else ("--s" if mode == "mask" else ":^")
             ax.errorbar(xs, ys, yerr=sd, fmt=style, ms=4, capsize=2, label=_label(arch, mode))
         ax.set_xscale("log")
+        if x == "size":  # the sizes themselves as ticks, not a crowd of log-scale minor labels
+            ticks = sorted({s["size"] for s in summary})
+            ax.set_xticks(ticks, [str(t) for t in ticks], fontsize=7)
+            ax.minorticks_off()
         ax.set_xlabel("latents kept G" if x == "size" else "L0 (mean active latents)")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
