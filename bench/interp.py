@@ -22,7 +22,7 @@ import time
 
 def timed(argv: list[str]) -> tuple[float, dict]:
     t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "sae_hooks", *argv, "--json"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "sae_hooks", *argv, "--json"], capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(argv[:1])} failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")

@@ -15,6 +15,13 @@ language-model judge:
     >>> toks = labelled_tokens(adapter.tokenizer, CorpusConfig(split="eval"), 50_000)
     >>> report = interp(adapter, {"topk": sae}, toks)
     >>> print(report.table())
+
+Several SAEs share the one model pass: the sizes of a progressive-coding sweep, Matryoshka
+prefixes, a TopK and an MP-SAE at the same hook (each gets its own random twin; pass
+``InterpConfig(baselines=("residual",))`` to skip the twins):
+
+    >>> sizes = {f"G={g}": sae.pruned(order[:g]) for g in (512, 1152, 2304, 4608)}
+    >>> report = interp(adapter, sizes, toks, config=InterpConfig(baselines=("residual",)))
 """
 
 from .baselines import ResidualCoordinates, random_like

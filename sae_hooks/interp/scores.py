@@ -407,8 +407,13 @@ def score_dictionary(
         >>> s.summary()["coverage"]
 
     Two chunked passes over the activations: the first accumulates counts and sums, the second
-    keeps only the columns the probes and the absorption score read.
+    keeps only the columns the probes and the absorption score read (from the first pass's cache
+    when the codes are sparse).
     """
+    for part, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+        if x.dim() != 2 or y.dim() != 2 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
+            raise ValueError(f"score_dictionary: x_{part} {tuple(x.shape)} and y_{part} {tuple(y.shape)} must be "
+                             "[n, d_in] and [n, n_labels] with the same n >= 1.")
     stats = label_stats(y_train, y_test, config)
     scored = [i for i, s in enumerate(stats) if s.scored]
     n_tr = y_train.shape[0]
