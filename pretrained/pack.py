@@ -35,8 +35,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from sae_hooks.hookpoints import parse_hook
-from sae_hooks.pretrained import (METRIC_KEYS, Entry, FileRecord, Registry, load_registry, sha256_file,
-                                  write_registry)
+from sae_hooks.pretrained import METRIC_KEYS, Entry, FileRecord, Registry, load_registry, sha256_file, write_registry
 from sae_hooks.sae import load_sae
 from sae_hooks.sae.formats import SAELENS_WEIGHTS
 
@@ -53,7 +52,7 @@ def pack(src: Path, dst: Path, note: str | None = None) -> dict:
     sae = load_sae(src)
     if sae.cfg.dtype != "float32":
         raise ValueError(f"{src}: expected a float32 SAE, got {sae.cfg.dtype}.")
-    arch_cfg, stored = sae.saelens_view()
+    _, stored = sae.saelens_view()
     half = [n for n in HALF if n in stored]  # an MP SAE stores only W_dec (tied encoder)
     meta = {"weights_stored_as": {name: "float16" if name in half else "float32" for name in stored},
             "weights_loaded_as": "float32"}
@@ -138,7 +137,8 @@ def measure(names: list[str], tokens: int, commit: str | None) -> None:
         # The subprocess may run another copy of sae_hooks (PYTHONPATH, e.g. a clean export of a commit): point it
         # at these SAE folders explicitly.
         env = {**os.environ, "SAE_HOOKS_PRETRAINED": str(HERE)}
-        out = subprocess.run([sys.executable, "-m", "sae_hooks", *argv[1:]], capture_output=True, text=True, env=env)
+        out = subprocess.run([sys.executable, "-m", "sae_hooks", *argv[1:]], capture_output=True, text=True, env=env,
+                             check=False)
         if out.returncode != 0:
             raise SystemExit(f"{command} failed: {out.stderr[-2000:]}")
         got = json.loads(out.stdout.strip().splitlines()[-1])
@@ -175,18 +175,19 @@ def check() -> Registry:
 def markdown() -> str:
     """The registry as the markdown table of pretrained/README.md."""
     reg = load_registry(HERE)
-    lines = ["| name | hook | architecture | latents | k | training tokens | FVU | L0 | dead | recaptured (zero) | "
-             "recaptured (mean) | ΔCE | KL | MB |", "|" + " --- |" * 14]
+    head = ("| name | hook | architecture | latents | k | training tokens | FVU | L0 | dead | recaptured (zero) | "
+            "recaptured (mean) | ΔCE | KL | MB |")
+    lines = [head, "|" + " --- |" * 14]
+
+    def f(m: dict, key: str, spec: str) -> str:
+        return format(m[key], spec) if key in m else "-"
+
     for e in reg.entries:
         m = e.metrics or {}
-
-        def f(key, spec):
-            return format(m[key], spec) if key in m else "-"
-
         lines.append(f"| `{e.name}` | `{e.hook}` | {e.architecture} | {e.d_sae:,} | {e.k if e.k is not None else '-'} | "
-                     f"{e.training['tokens']:,} | {f('fvu', '.3f')} | {f('l0', '.1f')} | {f('dead_frac', '.1%')} | "
-                     f"{f('recaptured_zero', '.3f')} | {f('recaptured_mean', '.3f')} | {f('delta_ce', '.3f')} | "
-                     f"{f('kl', '.3f')} | {e.size / 1e6:.1f} |")
+                     f"{e.training['tokens']:,} | {f(m, 'fvu', '.3f')} | {f(m, 'l0', '.1f')} | {f(m, 'dead_frac', '.1%')} | "
+                     f"{f(m, 'recaptured_zero', '.3f')} | {f(m, 'recaptured_mean', '.3f')} | {f(m, 'delta_ce', '.3f')} | "
+                     f"{f(m, 'kl', '.3f')} | {e.size / 1e6:.1f} |")
     total = sum(e.size for e in reg.entries)
     lines.append(f"\n{len(reg.entries)} SAEs, {total:,} bytes.")
     return "\n".join(lines)

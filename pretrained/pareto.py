@@ -16,10 +16,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from sae_hooks.hookpoints import parse_hook  # noqa: E402
-from sae_hooks.pretrained import load_registry  # noqa: E402
+from sae_hooks.hookpoints import parse_hook
+from sae_hooks.pretrained import load_registry
 
 HERE = Path(__file__).resolve().parent
 COLORS = {"topk": "#1f77b4", "matryoshka": "#2ca02c", "matching_pursuit": "#d62728", "standard": "#9467bd",

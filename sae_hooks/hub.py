@@ -91,8 +91,8 @@ def _read_table(path: str, mtime: float) -> dict[str, Release]:
             data = yaml.load(f, Loader=loader)
     except yaml.YAMLError as e:
         raise ValueError(f"SAELens release table {path} is not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"SAELens release table {path}: expected a mapping of release names.")
+    if not isinstance(data, dict):  # a damaged file, not a caller's wrong argument type
+        raise ValueError(f"SAELens release table {path}: expected a mapping of release names.")  # noqa: TRY004
     table = {}
     for release, value in data.items():
         if not isinstance(value, dict) or "repo_id" not in value or "saes" not in value:

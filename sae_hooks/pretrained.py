@@ -381,6 +381,6 @@ def load_sae_spec(spec: str):
     return load_sae(resolve_sae_path(spec))
 
 
-__all__ = ["ENV", "Entry", "FileRecord", "PREFIX", "Registry", "load_pretrained", "load_registry", "load_sae_spec",
+__all__ = ["ENV", "PREFIX", "Entry", "FileRecord", "Registry", "load_pretrained", "load_registry", "load_sae_spec",
            "pretrained_dirs", "resolve_pretrained", "resolve_sae_path", "sha256_file", "shipped_dir", "verify_entry",
            "write_registry"]

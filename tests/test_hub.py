@@ -212,6 +212,6 @@ def test_table_of_the_installed_saelens_maps_a_native_release():
     assert len(tab) > 50
     native = [r for r, v in tab.items() if v.conversion is None and v.folders]
     release = native[0]
-    sae_id = sorted(tab[release].folders)[0]
-    loc, rel = hub.saelens_location(release, sae_id)
+    sae_id = min(tab[release].folders)
+    loc, _ = hub.saelens_location(release, sae_id)
     assert (loc.repo_id, loc.folder) == get_repo_id_and_folder_name(release, sae_id)

@@ -90,6 +90,14 @@ def run(args: argparse.Namespace) -> dict:
     title = args.sae.removeprefix("pretrained:") if args.sae.startswith("pretrained:") else Path(args.sae).name or args.sae
     meta = {"SAE": args.sae, "architecture": s["sae"].architecture, "model": s["model"],
             "corpus": f"{args.corpus} [{args.split}]"}
+    if args.sae.startswith("pretrained:"):  # a shipped SAE: its registry figures in the header
+        from ..pretrained import load_registry
+
+        entry = load_registry().get(title)
+        if entry is not None and entry.metrics:
+            m = entry.metrics
+            meta["held-out (registry)"] = (f"FVU {m['fvu']:.3f}, L0 {m['l0']:.1f}, recaptured {m['recaptured_zero']:.3f} "
+                                           f"(zero) / {m['recaptured_mean']:.3f} (mean)")
     res = build_dashboard(s["adapter"], s["sae"], s["hook"], s["batches"], out, cfg=cfg, title=title, meta=meta,
                           labels=labels, overwrite=args.overwrite, progress=s["progress"], total_batches=s["n_batches"])
     result = {"out": str(res.out), "index": str(res.out / "index.html"), "latents": len(res.latents),

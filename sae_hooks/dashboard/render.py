@@ -146,7 +146,7 @@ def latent_html(p: LatentPage, info: dict[str, Any], prev: int | None, nxt: int 
             + f"({p.fires:,}) &middot; max {p.max_code:.4g} &middot; mean code {p.mean_code:.4g}</p>"
             + f"<h2>Activation where it fires</h2><table><thead><tr>{qrow}</tr></thead><tbody><tr>{qval}</tr></tbody></table>"
             + histogram_svg(*p.histogram)
-            + f"<h2>Top contexts</h2><p class=\"meta\">token background: the latent's code (hover for the value), "
+            + "<h2>Top contexts</h2><p class=\"meta\">token background: the latent's code (hover for the value), "
             + "relative to its largest code; outlined: the peak token; grey number: the peak code.</p>"
             + contexts
             + '<h2>Output tokens</h2><div class="cols"><div><h3>promoted</h3>' + _scores(p.promoted)
