@@ -108,3 +108,33 @@ def test_sweep_config_validation():
         SweepConfig(ks=(0, 4))
     with pytest.raises(ValueError, match="exceeds max_steps"):
         SweepConfig(threshold_ks=(64,), max_steps=32)
+
+
+def test_sweep_runs_one_clean_forward_per_batch_for_every_setting(tiny_hf, tokens):
+    # The point of one evaluate_many call: the embedding and the blocks below the hook run once per batch, however
+    # many (SAE, k) variants are scored; only the blocks above the hook rerun per variant.
+    saes = {"mp": make_sae("matching_pursuit", 64, 128, k=4, seed=0),
+            "topk": make_sae("topk", 64, 128, k=4, seed=1),
+            "btk": make_sae("batchtopk", 64, 128, k=4, seed=2)}
+    rows = capture_rows(tiny_hf, tokens, "resid_post.1")
+    calls = {"embed": 0, "block0": 0, "block2": 0}
+
+    def counter(key):
+        def hook(module, args, output):
+            calls[key] += 1
+        return hook
+
+    handles = [tiny_hf.model.get_input_embeddings().register_forward_hook(counter("embed")),
+               tiny_hf.layers[0].register_forward_hook(counter("block0")),
+               tiny_hf.layers[2].register_forward_hook(counter("block2"))]
+    try:
+        cfg = SweepConfig(ks=(2, 4, 8, 16), threshold_ks=(2, 4), max_steps=16)
+        res = sparsity_sweep(tiny_hf, saes, "resid_post.1", tokens, rows, cfg, eval_rows=rows, batch_size=4)
+    finally:
+        for h in handles:
+            h.remove()
+    n_batches = 2  # 8 sequences, 4 per forward
+    assert len(res.points) == (1 + 4 + 2) + (1 + 4) + (1 + 4) == 17
+    assert calls["embed"] == calls["block0"] == n_batches
+    # Above the hook: the clean pass, each variant's splice, one zero-ablation and one mean-ablation per batch.
+    assert calls["block2"] == n_batches * (1 + len(res.points) + 1 + 1)

@@ -273,3 +273,17 @@ def test_run_digits_small(tmp_path):
     assert "mp_k2" in res.table()
     with pytest.raises(ValueError, match="adaptive_from"):
         DigitsConfig(ks=(2,), adaptive_from=8)
+
+
+def test_cli_synth_exposes_every_toy_knob():
+    import argparse
+    import dataclasses
+
+    from sae_hooks.cli.synth import TOY_KNOBS, add_arguments
+
+    assert set(TOY_KNOBS) == {f.name for f in dataclasses.fields(ToyConfig)} - {"seed"}  # seeds come from --seeds
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    args = p.parse_args(["--level", "3", "--n-parents", "2", "--d-model", "12", "--tied-magnitudes"])
+    assert (args.level, args.n_parents, args.d_model, args.tied_magnitudes, args.noise) == (3.0, 2, 12, True, 0.0)
+    assert isinstance(args.n_parents, int) and isinstance(args.level, float)

@@ -15,27 +15,37 @@ from pathlib import Path
 HELP = "train SAEs on the hierarchical toy (MP-SAE paper) and score MCC, flat/hierarchical errors, absorption"
 
 
+# Each toy knob: its ToyConfig field and the help of its flag (--level, --n-parents, ...). The flags, the
+# condition keys and the base ToyConfig all come from this one table.
+TOY_KNOBS = {
+    "level": "sibling cosine = 0.1 x level, in [0, 10)",
+    "sigma": "spread (sd) of feature magnitudes",
+    "magnitude_mean": "mean feature magnitude",
+    "n_parents": "top-level features with children",
+    "n_children": "children per parent",
+    "n_leaves": "top-level features without children",
+    "parent_prob": "probability of each parent",
+    "child_prob": "probability of each child given its parent",
+    "d_model": "ambient dimension (default: the number of features; smaller = superposition)",
+    "noise": "additive noise, E||noise||^2 = noise^2",
+    "tied_magnitudes": "a child takes its parent's magnitude draw",
+}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..synthetic import TOY_ARCHS, SynthConfig, ToyConfig
 
     toy, syn = ToyConfig(), SynthConfig()
     g = p.add_argument_group("toy (one condition; --condition overrides per condition)")
-    g.add_argument("--level", type=float, default=toy.level, help="sibling cosine = 0.1 x level, in [0, 10)")
-    g.add_argument("--sigma", type=float, default=toy.sigma, help="spread (sd) of feature magnitudes")
-    g.add_argument("--magnitude-mean", type=float, default=toy.magnitude_mean, help="mean feature magnitude")
-    g.add_argument("--n-parents", type=int, default=toy.n_parents, help="top-level features with children")
-    g.add_argument("--n-children", type=int, default=toy.n_children, help="children per parent")
-    g.add_argument("--n-leaves", type=int, default=toy.n_leaves, help="top-level features without children")
-    g.add_argument("--parent-prob", type=float, default=toy.parent_prob, help="probability of each parent")
-    g.add_argument("--child-prob", type=float, default=toy.child_prob, help="probability of each child given its parent")
-    g.add_argument("--d-model", type=int, default=None,
-                   help="ambient dimension (default: the number of features; smaller = superposition)")
-    g.add_argument("--noise", type=float, default=toy.noise, help="additive noise, E||noise||^2 = noise^2")
-    g.add_argument("--tied-magnitudes", action="store_true", help="a child takes its parent's magnitude draw")
+    for field, text in TOY_KNOBS.items():
+        flag, default = "--" + field.replace("_", "-"), getattr(toy, field)
+        if isinstance(default, bool):
+            g.add_argument(flag, action="store_true", help=text)
+        else:
+            g.add_argument(flag, type=int if field == "d_model" else type(default), default=default, help=text)
     g.add_argument("--condition", action="append", default=[], metavar="NAME:KEY=V[,KEY=V...]",
-                   help="grid mode, repeatable: a named condition changing the knobs above (keys: level, sigma, "
-                        "magnitude_mean, n_parents, n_children, n_leaves, parent_prob, child_prob, d_model, noise, "
-                        "tied_magnitudes)")
+                   help=f"grid mode, repeatable: a named condition changing the knobs above (keys: "
+                        f"{', '.join(TOY_KNOBS)})")
     t = p.add_argument_group("SAEs and training")
     t.add_argument("--arch", action="append", default=None,
                    help=f"architecture, repeatable (default: {' '.join(TOY_ARCHS)})")
@@ -54,10 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict:
     from ..synthetic import TOY_ARCHS, SynthConfig, ToyConfig, parse_condition, run_synth
 
-    base = ToyConfig(level=args.level, sigma=args.sigma, magnitude_mean=args.magnitude_mean,
-                     n_parents=args.n_parents, n_children=args.n_children, n_leaves=args.n_leaves,
-                     parent_prob=args.parent_prob, child_prob=args.child_prob, d_model=args.d_model,
-                     noise=args.noise, tied_magnitudes=args.tied_magnitudes)
+    base = ToyConfig(**{field: getattr(args, field) for field in TOY_KNOBS})
     conditions = [parse_condition(c, base) for c in args.condition] or [("toy", base)]
     cfg = SynthConfig(archs=tuple(args.arch or TOY_ARCHS), k=args.k, l1_coef=args.l1, n_train=args.n_train,
                       n_eval=args.n_eval, batch_size=args.batch_size, lr=args.lr)
