@@ -14,6 +14,7 @@
 from .adapters import Adapter, HFAdapter, TLAdapter, adapt
 from .evaluate import EvalReport, evaluate, evaluate_many
 from .hookpoints import KINDS, parse_hook
+from .joint import JointReport, evaluate_joint
 from .models import DEFAULT_MODEL, load_model
 from .pretrained import load_pretrained
 from .run import RunConfig, RunResult, train
@@ -26,7 +27,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Adapter", "HFAdapter", "TLAdapter", "adapt", "KINDS", "parse_hook", "DEFAULT_MODEL", "load_model",
     "ARCHITECTURES", "SAE", "load_sae", "make_sae", "load_pretrained",
-    "splice", "evaluate", "evaluate_many", "EvalReport",
+    "splice", "evaluate", "evaluate_many", "EvalReport", "evaluate_joint", "JointReport",
     "steer", "generate", "side_effects", "Edit",
     "RunConfig", "RunResult", "train",
 ]

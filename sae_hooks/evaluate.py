@@ -36,7 +36,7 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from jaxtyping import Float, Int
@@ -193,21 +193,28 @@ def inference_view(sae: Any, *, width: int | None = None, k: int | None = None,
 # Accumulation
 
 
-class _Stats:
-    """Running sums for one SAE; float64 so that pooled FVU over 10^5 tokens stays exact enough."""
+class _CEStats:
+    """Running next-token sums of one spliced condition (one SAE, or several spliced together)."""
 
-    def __init__(self, d_in: int, d_sae: int, n_seq: int, ctx: int):
+    def __init__(self, n_seq: int, ctx: int):
         self.ce = {c: 0.0 for c in ("clean", "spliced", "zero", "mean")}
         self.kl = 0.0
         self.n_pred = 0
+        self.loss_delta = torch.full((n_seq, ctx - 1), float("nan"))
+        self.ce_clean_tok = torch.full((n_seq, ctx - 1), float("nan"))
+
+
+class _Stats(_CEStats):
+    """Running sums for one SAE; float64 so that pooled FVU over 10^5 tokens stays exact enough."""
+
+    def __init__(self, d_in: int, d_sae: int, n_seq: int, ctx: int):
+        super().__init__(n_seq, ctx)
         self.n_act = 0
         self.sq_err = 0.0
         self.sum_x = torch.zeros(d_in, dtype=torch.float64)
         self.sum_x2 = 0.0
         self.l0 = 0.0
         self.fired = torch.zeros(d_sae, dtype=torch.float64)
-        self.loss_delta = torch.full((n_seq, ctx - 1), float("nan"))
-        self.ce_clean_tok = torch.full((n_seq, ctx - 1), float("nan"))
 
     def add_acts(self, x: Tensor, x_hat: Tensor, z: Tensor, m: Tensor) -> None:
         xs = x[m].double().cpu()
@@ -288,12 +295,69 @@ def evaluate_many(
 
     ``saes`` is a list of ``(hook, sae)``; ``hook=None`` uses the SAE's metadata, and a hook other than
     the metadata's is refused unless ``allow_hook_mismatch`` (see ``splice.resolve_hook``; ``strict``
-    also refuses another model name). Each SAE is spliced alone. ``tokens`` is a ``TokenBatch`` (its
-    mask says which positions are evaluated) or bare ids (mask: the first ``exclude_first`` positions
-    and special tokens excluded). ``shared_prefix=False`` forces plain full forwards returning logits
-    (the reference path of the tests).
+    also refuses another model name). Each SAE is spliced alone (``joint.evaluate_joint`` splices them
+    together). ``tokens`` is a ``TokenBatch`` (its mask says which positions are evaluated) or bare ids
+    (mask: the first ``exclude_first`` positions and special tokens excluded). ``shared_prefix=False``
+    forces plain full forwards returning logits (the reference path of the tests).
 
         >>> r3, r6 = evaluate_many(adapter, [("resid_post.3", sae3), (None, sae6)], held_out)
+    """
+    reports, _ = evaluate_groups(adapter, saes, tokens, [(i,) for i in range(len(saes))], batch_size=batch_size,
+                                 keep_error=keep_error, strict=strict, allow_hook_mismatch=allow_hook_mismatch,
+                                 top_contexts=top_contexts, ablation_scope=ablation_scope, encode_kwargs=encode_kwargs,
+                                 exclude_first=exclude_first, shared_prefix=shared_prefix)
+    return reports
+
+
+class GroupCE(NamedTuple):
+    """Next-token metrics of a group of SAEs spliced together (see ``evaluate_groups``)."""
+
+    hooks: tuple[str, ...]
+    """Canonical hook points of the group's SAEs, in the order given."""
+    ce_clean: float
+    """Mean next-token CE of the untouched model, nats."""
+    ce_spliced: float
+    """Mean next-token CE with every SAE of the group spliced at once, nats."""
+    ce_zero_ablated: float
+    """Mean next-token CE with every hooked activation of the group replaced by zeros, nats."""
+    ce_mean_ablated: float
+    """Mean next-token CE with every hooked activation replaced by its mean over evaluated tokens, nats."""
+    kl: float
+    """Mean per-token KL(p_clean ‖ p_spliced), nats."""
+    tokens: int
+    """Evaluated next-token predictions."""
+    loss_delta: Float[Tensor, "seq pred"]
+    """Per-token CE_spliced − CE_clean [n_seq, ctx − 1]; NaN where the position is not evaluated."""
+
+
+@torch.no_grad()
+def evaluate_groups(
+    adapter: Adapter,
+    saes: Sequence[tuple[str | None, Any]],
+    tokens: TokenBatch | Int[Tensor, "batch pos"],
+    groups: Sequence[Sequence[int]],
+    *,
+    batch_size: int = 8,
+    keep_error: bool = False,
+    strict: bool = False,
+    allow_hook_mismatch: bool = False,
+    top_contexts: int = 5,
+    ablation_scope: str = "evaluated",
+    encode_kwargs: Mapping[str, Any] | None = None,
+    exclude_first: int = 1,
+    shared_prefix: bool = True,
+) -> tuple[list[EvalReport], list[GroupCE]]:
+    """Per SAE its own ``EvalReport``, and per group of SAE indices (each a tuple of indices into ``saes``,
+    at distinct hook points) the next-token metrics with all of the group's SAEs spliced at once.
+
+    One clean forward per batch serves every SAE and every group. A group of one SAE *is* that SAE's
+    own spliced / ablated conditions (the same code and the same sums), so its ``GroupCE`` equals the
+    SAE's ``EvalReport`` exactly. Within a group, an SAE whose input equals the clean activation takes
+    the reconstruction already made of it; an SAE below which another one changed the forward encodes
+    the activation it receives there. Where every SAE of a group returns its input unchanged (an
+    identity SAE, a kept error term) the spliced forward *is* the clean one and is not rerun.
+
+        >>> reports, (joint,) = evaluate_groups(adapter, [(None, sae3), (None, sae6)], held_out, [(0, 1)])
     """
     if ablation_scope not in ABLATION_SCOPES:
         raise ValueError(f"ablation_scope={ablation_scope!r}; valid: {', '.join(ABLATION_SCOPES)}.")
@@ -304,9 +368,26 @@ def evaluate_many(
     ids_all, mask_all = token_batch(adapter, tokens, exclude_first=exclude_first)
     names = [resolve_hook(adapter, sae, hook, allow_hook_mismatch=allow_hook_mismatch, strict=strict)
              for hook, sae in saes]
+    groups = [tuple(g) for g in groups]
+    for g in groups:
+        if not g or any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(saes) for i in g):
+            raise ValueError(f"evaluate_groups: group {g} must be a non-empty tuple of SAE indices in "
+                             f"0..{len(saes) - 1}.")
+        at = [names[i] for i in g]
+        if len(set(at)) != len(at):
+            dup = sorted({h for h in at if at.count(h) > 1})
+            raise ValueError(f"Two SAEs of one joint group sit at the same hook point {', '.join(dup)} (SAEs "
+                             f"{[i for i in g if names[i] in dup]}): one hook point takes one SAE. Evaluate them "
+                             "separately (evaluate_many), or splice one SAE per hook point.")
     kw = dict(encode_kwargs or {})
     n_seq, ctx = ids_all.shape
     stats = [_Stats(int(sae.cfg.d_in), int(sae.cfg.d_sae), n_seq, ctx) for _, sae in saes]
+    # A group of one SAE accumulates into that SAE's own sums: its conditions are the SAE's conditions.
+    unique: list[tuple[int, ...]] = []
+    for g in groups:
+        if g not in unique:
+            unique.append(g)
+    gstats: list[_CEStats] = [stats[g[0]] if len(g) == 1 else _CEStats(n_seq, ctx) for g in unique]
     # Conditions end at the final normed hidden state where the adapter applies the head itself (the
     # head then runs tile by tile over the counted positions only); else at logits. The clean forward
     # records what the other conditions need to rerun only the blocks above their hook point.
@@ -336,21 +417,21 @@ def evaluate_many(
         clean = rows(out, at)
         del out
 
-        def run(name: str, fn: HookFn) -> LogitRows:
-            return rows(adapter.resume(prefix, {name: fn}, unembed=not hidden), at)
+        def run(fns: Mapping[str, HookFn]) -> LogitRows:
+            return rows(adapter.resume(prefix, fns, unembed=not hidden), at)
 
         ablate_mask = m if ablation_scope == "evaluated" else None
         batch_rows = slice(lo, lo + ids.shape[0])
         pending: list[tuple[int, LogitRows, LogitRows]] = []
 
         def flush() -> None:
-            # The clean rows serve every pending SAE; logits (not hidden states) flush one SAE at a
-            # time so that only one SAE's [batch, pos, vocab] logits are alive.
+            # The clean rows serve every pending group; logits (not hidden states) flush one group at a
+            # time so that only one group's [batch, pos, vocab] logits are alive.
             conds = [clean] + [c for _, s, a in pending for c in (s, a)]
             ce, kl = token_stats(conds, targets, kl_to={1 + 2 * j for j in range(len(pending))})
             ce_clean = ce[0].cpu()
-            for j, (i, _, _) in enumerate(pending):
-                st = stats[i]
+            for j, (g, _, _) in enumerate(pending):
+                st = gstats[g]
                 ce_s, kl_tok, ce_z = ce[1 + 2 * j].cpu(), kl[1 + 2 * j].cpu(), ce[2 + 2 * j].cpu()
                 st.ce["clean"] += float(ce_clean.sum())
                 st.ce["spliced"] += float(ce_s.sum())
@@ -361,52 +442,78 @@ def evaluate_many(
                 st.ce_clean_tok[batch_rows][lm] = ce_clean.float()
             pending.clear()
 
-        zero: dict[str, LogitRows] = {}  # zero-ablation depends on the hook point alone: one rerun per hook
+        outs: list[Tensor] = []
         for i, (_, sae) in enumerate(saes):
             x = acts[names[i]]
             res = reconstruct(sae, x, keep_error=keep_error, mask=m, encode_kwargs=kw)
             stats[i].add_acts(x, res.x_hat, res.z, m)
-            # With the error term kept and no edit the spliced activation is the clean one itself: the
-            # spliced condition is the clean condition, not a rerun that should agree with it.
-            spliced = clean if res.out is x else run(names[i], lambda a, out=res.out: out)
-            if names[i] not in zero:
-                zero[names[i]] = run(names[i], _replace(None, ablate_mask))
-            pending.append((i, spliced, zero[names[i]]))
+            outs.append(res.out)
             del res
+
+        def spliced_fn(i: int) -> HookFn:
+            x, out, sae = acts[names[i]], outs[i], saes[i][1]
+
+            def fn(a: Tensor) -> Tensor:
+                # The clean activation (every SAE of a single group; the lowest of a joint group) takes the
+                # reconstruction made above; one changed by an SAE below is encoded as it arrives.
+                if a is x or torch.equal(a, x):
+                    return out
+                return reconstruct(sae, a, keep_error=keep_error, mask=m, encode_kwargs=kw).out
+
+            return fn
+
+        zero: dict[frozenset, LogitRows] = {}  # zero-ablation depends on the hook points alone: one rerun per set
+        for g, group in enumerate(unique):
+            # Every SAE returning its input unchanged leaves the whole forward unchanged: the spliced
+            # condition is then the clean condition, not a rerun that should agree with it.
+            same = all(outs[i] is acts[names[i]] or torch.equal(outs[i], acts[names[i]]) for i in group)
+            spliced = clean if same else run({names[i]: spliced_fn(i) for i in group})
+            key = frozenset(names[i] for i in group)
+            if key not in zero:
+                zero[key] = run({names[i]: _replace(None, ablate_mask) for i in group})
+            pending.append((g, spliced, zero[key]))
             if not hidden:
                 flush()
         if pending:
             flush()
-        del acts, clean, zero
+        del acts, clean, zero, outs
         kept.append((ids, m, prefix))
 
-    # The mean activation is over all evaluated tokens, so mean-ablation needs a second pass. SAEs at one
-    # hook point share that mean (the same activations summed in the same order): one rerun per hook.
+    # The mean activation is over all evaluated tokens, so mean-ablation needs a second pass. Groups at the
+    # same hook points with the same means (the same activations summed in the same order) share one rerun.
     means = [st.mean_act() for st in stats]
-    first: dict[str, int] = {}
-    owner = []  # owner[i]: the SAE whose mean-ablated CE SAE i takes
-    for i, name in enumerate(names):
-        j = first.setdefault(name, i)
-        owner.append(j if torch.equal(means[i], means[j]) else i)
+    owner = []  # owner[g]: the group whose mean-ablated CE group g takes
+    for g, group in enumerate(unique):
+        j = next((h for h in range(g) if owner[h] == h and [names[i] for i in unique[h]] == [names[i] for i in group]
+                  and all(torch.equal(means[a], means[b]) for a, b in zip(unique[h], group))), g)
+        owner.append(j)
     own = sorted(set(owner))
     for ids, m, prefix in kept:
         at, targets = counted(ids, m)
         ablate_mask = m if ablation_scope == "evaluated" else None
-        # Hidden states: every hook's mean-ablated state in one stacked head pass; logits one at a time
+        # Hidden states: every group's mean-ablated state in one stacked head pass; logits one at a time
         # (each holds [batch, pos, vocab] logits).
-        for group in ([own] if hidden else [[i] for i in own]):
-            conds = [rows(adapter.resume(prefix, {names[i]: _replace(means[i].float(), ablate_mask)},
-                                         unembed=not hidden), at) for i in group]
-            for i, ce_m in zip(group, token_stats(conds, targets).ce):
-                stats[i].ce["mean"] += float(ce_m.cpu().sum())
-    for i, j in enumerate(owner):
-        stats[i].ce["mean"] = stats[j].ce["mean"]
+        for part in ([own] if hidden else [[g] for g in own]):
+            conds = [rows(adapter.resume(prefix, {names[i]: _replace(means[i].float(), ablate_mask) for i in unique[g]},
+                                         unembed=not hidden), at) for g in part]
+            for g, ce_m in zip(part, token_stats(conds, targets).ce):
+                gstats[g].ce["mean"] += float(ce_m.cpu().sum())
+    for g, j in enumerate(owner):
+        gstats[g].ce["mean"] = gstats[j].ce["mean"]
     kept.clear()
 
     reports = []
     for (_, sae), name, st in zip(saes, names, stats):
         reports.append(_report(sae, name, st, ids_all, adapter.tokenizer, keep_error, ablation_scope, top_contexts))
-    return reports
+    rows_out = []
+    for g in groups:
+        st = gstats[unique.index(g)]
+        if st.n_pred == 0:
+            raise ValueError("No evaluated next-token predictions: every position is masked out.")
+        ce = {c: v / st.n_pred for c, v in st.ce.items()}
+        rows_out.append(GroupCE(tuple(names[i] for i in g), ce["clean"], ce["spliced"], ce["zero"], ce["mean"],
+                                st.kl / st.n_pred, st.n_pred, st.loss_delta))
+    return reports, rows_out
 
 
 def _report(sae: Any, name: str, st: _Stats, ids: Tensor, tokenizer: Any, keep_error: bool,
@@ -471,5 +578,5 @@ def evaluate(
                          shared_prefix=shared_prefix)[0]
 
 
-__all__ = ["EvalReport", "MetadataMismatchWarning", "WorstContext", "evaluate", "evaluate_many",
-           "inference_view", "resolve_hook", "METRIC_DEFINITIONS"]
+__all__ = ["EvalReport", "GroupCE", "MetadataMismatchWarning", "WorstContext", "evaluate", "evaluate_groups",
+           "evaluate_many", "inference_view", "resolve_hook", "METRIC_DEFINITIONS"]

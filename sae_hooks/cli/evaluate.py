@@ -3,6 +3,7 @@
     $ sae-hooks eval --sae runs/l6_topk --tokens 50000 --ctx 128 --json
     $ sae-hooks eval --sae pretrained:smollm2-l6-topk --tokens 50000 --ctx 128 --json   # pretrained/smollm2-l6-topk
     $ sae-hooks eval --sae runs/l6_topk --corpus held_out.parquet --split all --tokens 25600  # a held-out file, all of it
+    $ sae-hooks eval --sae runs/l3_topk --sae runs/l6_topk --json     # both spliced at once, and each alone
 """
 
 from __future__ import annotations
@@ -32,13 +33,16 @@ def split_help(purpose: str) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sae", required=True, help="SAE folder (SAELens or sparsify layout), pretrained:NAME (see `sae-hooks "
-                   "pretrained list`), saelens:RELEASE:SAE_ID or sparsify:ORG/REPO:HOOKPOINT")
+    p.add_argument("--sae", required=True, action="append", help="SAE folder (SAELens or sparsify layout), pretrained:NAME "
+                   "(see `sae-hooks pretrained list`), saelens:RELEASE:SAE_ID or sparsify:ORG/REPO:HOOKPOINT. Give it "
+                   "several times to splice all the SAEs at once (one per hook point): the joint CE, delta CE, KL and "
+                   "recaptured loss beside each SAE's own row")
     p.add_argument("--model", default="smollm2-135m-instruct", help="model name or folder")
     p.add_argument("--backend", default="hf", choices=["hf", "tl"], help="hf = transformers, tl = TransformerLens bridge")
     p.add_argument("--corpus", default="stdlib", help="'stdlib', a local file/dir/glob, or an HF dataset name")
     p.add_argument("--split", default="eval", choices=["eval", "train", "all"], help=split_help("are evaluated"))
-    p.add_argument("--hook", default=None, help="hook point (default: the SAE metadata's hook_name)")
+    p.add_argument("--hook", default=None, action="append", help="hook point (default: the SAE metadata's hook_name); "
+                   "with several --sae, none or one --hook per --sae, in the same order")
     p.add_argument("--tokens", type=int, default=50_000, help="evaluated tokens (rounded up to whole sequences)")
     p.add_argument("--ctx", type=int, default=128, help="sequence length")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward")
@@ -64,6 +68,9 @@ def run(args: argparse.Namespace) -> dict:
 
     if args.tokens < 1 or args.batch_size < 1:
         raise ValueError(f"--tokens ({args.tokens}) and --batch-size ({args.batch_size}) must be >= 1.")
+    if len(args.sae) > 1:
+        return _run_joint(args)
+    args.sae, args.hook = args.sae[0], (args.hook or [None])[-1]
     path = resolve_sae_path(args.sae)
     sae = load_sae_spec(args.sae)
     parse_dtype(args.dtype)  # a clear error before the model loads
@@ -80,4 +87,39 @@ def run(args: argparse.Namespace) -> dict:
         print(report.table())
     out = report.to_dict()
     out.update(sae=str(path), model=args.model, corpus=args.corpus, split=args.split, ctx=args.ctx)
+    return out
+
+
+def _run_joint(args: argparse.Namespace) -> dict:
+    """Several ``--sae``: each spliced alone and all of them together (``joint.evaluate_joint``)."""
+    from ..data import CorpusConfig, load_token_tensor
+    from ..joint import evaluate_joint
+    from ..models import load_model, parse_dtype
+
+    hooks = args.hook or [None] * len(args.sae)
+    if len(hooks) != len(args.sae):
+        raise ValueError(f"{len(args.sae)} --sae but {len(hooks)} --hook: give no --hook (each SAE's metadata names its "
+                         "hook point) or one --hook per --sae, in the same order.")
+    single = {"--width": args.width, "--k": args.k, "--residual-threshold": args.residual_threshold}
+    given = [flag for flag, v in single.items() if v is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)} set(s) one SAE's inference view; with several --sae it would apply to "
+                         "all of them. Evaluate that SAE alone, or save the view as its own SAE.")
+    paths = [resolve_sae_path(s) for s in args.sae]
+    saes = [load_sae_spec(s) for s in args.sae]
+    parse_dtype(args.dtype)  # a clear error before the model loads
+    cfg = CorpusConfig(source=args.corpus, split=args.split, ctx=args.ctx, exclude_first=args.exclude_first)
+    adapter = load_model(args.model, backend=args.backend, dtype=args.dtype)
+    tokens = load_token_tensor(adapter.tokenizer, cfg, args.tokens, max_positions=adapter.max_positions)
+    report = evaluate_joint(adapter, list(zip(hooks, saes)), tokens, batch_size=args.batch_size,
+                            keep_error=args.keep_error, strict=args.strict, allow_hook_mismatch=args.allow_hook_mismatch,
+                            top_contexts=args.top_contexts, ablation_scope=args.ablation_scope,
+                            exclude_first=args.exclude_first)
+    if not args.json:
+        print(f"{len(paths)} SAEs on {args.model} ({args.backend}, {args.dtype}), corpus {args.corpus} [{args.split}]")
+        print(report.table())
+    out = report.to_dict()
+    for d, path in zip(out["saes"], paths):
+        d["sae"] = str(path)
+    out.update(model=args.model, corpus=args.corpus, split=args.split, ctx=args.ctx)
     return out
