@@ -38,6 +38,7 @@ import torch
 from ._io import atomic_write_text
 from .activations import NONFINITE_POLICIES, stream_activations
 from .buffer import shuffled
+from .cache import ActivationCache
 from .checkpoint import CheckpointError, load_latest, rng_state, save_checkpoint, set_rng_state
 from .data import CorpusConfig, CorpusError, TokenBatch, iter_batches
 from .distributed import DistContext, all_reduce_, init_distributed, shutdown
@@ -54,6 +55,7 @@ __all__ = ["RunConfig", "RunInterrupted", "RunResult", "SAEResult", "StepInfo", 
            "training_batches"]
 
 DTYPES = ("bf16", "fp32", "fp16")
+BACKENDS = ("hf", "tl")
 PROGRESS = ("auto", "on", "off")
 
 
@@ -110,6 +112,11 @@ class RunConfig:
     """Seed of SAE init (SAE i gets seed + i), document shuffle and buffer shuffle."""
     dtype: str = "bf16"
     """LM dtype (SAE math is fp32). bf16: ~5,070 vs ~2,340 tok/s to layer 6 on an AVX512-BF16 CPU."""
+    backend: str = "hf"
+    """Model backend: hf (transformers) or tl (TransformerLens TransformerBridge); the same hook names."""
+    from_cache: str | None = None
+    """Train from an activation cache written by `sae-hooks cache` (a folder) instead of running the model on the
+    corpus; its model, backend, hooks, dtype and ctx must be the run's. The model still scores the held-out data."""
     autocast: str = "auto"
     """Dense products (and under bf16 the sparse gathers) of the SAE step in bf16/fp16; params, grads and
     Adam stay fp32; fp16 adds loss scaling. auto = bf16 where the device has native bf16 (CUDA,
@@ -144,7 +151,8 @@ class RunConfig:
     """W&B project."""
 
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
-        "decay": DECAYS, "nonfinite": NONFINITE_POLICIES, "dtype": DTYPES, "autocast": AUTOCASTS, "progress": PROGRESS}
+        "decay": DECAYS, "nonfinite": NONFINITE_POLICIES, "dtype": DTYPES, "autocast": AUTOCASTS, "progress": PROGRESS,
+        "backend": BACKENDS}
     # How a run executes and reports, not what it trains (device and sequential change float rounding only).
     NOT_FINGERPRINTED: ClassVar[tuple[str, ...]] = (
         "out", "resume", "overwrite", "device", "sequential", "checkpoint_every", "keep_checkpoints", "eval_every",
@@ -157,6 +165,8 @@ class RunConfig:
             v = getattr(self, name)
             object.__setattr__(self, name, (v,) if isinstance(v, str) else tuple(v))
         object.__setattr__(self, "out", os.fspath(self.out))
+        if self.from_cache is not None and not isinstance(self.from_cache, str):
+            object.__setattr__(self, "from_cache", os.fspath(self.from_cache))
         for name in ("l1_coef", "lr", "warmup_frac"):
             v = getattr(self, name)
             if isinstance(v, int) and not isinstance(v, bool):
@@ -180,6 +190,8 @@ class RunConfig:
         for name in ("model", "corpus", "out", "device", "wandb_project"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ValueError(f"RunConfig.{name}={getattr(self, name)!r}; it must be a non-empty string.")
+        if self.from_cache is not None and not self.from_cache:
+            raise ValueError("RunConfig.from_cache=''; give the folder of an activation cache, or None to run the model.")
         # TrainConfig checks lr, warmup_frac and decay with its own messages; build one to run them.
         TrainConfig(lr=self.lr, warmup_frac=self.warmup_frac, decay=self.decay, dead_window_tokens=self.dead_window)
         if not isinstance(self.l1_coef, float) or not math.isfinite(self.l1_coef) or self.l1_coef < 0:
@@ -236,6 +248,8 @@ class RunConfig:
             if new.get(name) is None:
                 new[name] = list(cls.__dataclass_fields__[name].default)
         new.setdefault("shuffle", False)  # documents were read in stream order before the field existed
+        new.setdefault("backend", "hf")
+        new.setdefault("from_cache", None)
         return _canonical(new)
 
     def sae_specs(self) -> list[SAESpec]:
@@ -464,6 +478,7 @@ class _Run:
         plan = self.folder.plan(resume=cfg.resume, overwrite=cfg.overwrite, fingerprint=self.fingerprint,
                                 upgrade=RunConfig.upgrade_fingerprint) if self.main else "fresh"
         found = self._find_checkpoint() if cfg.resume else None
+        self.cache = self._open_cache() if cfg.from_cache else None
         # 2. Model and SAEs (the order of these calls keeps runs bitwise reproducible).
         under_torchrun_on_gpus = self.dist.enabled and cfg.device.startswith("cuda")
         device = f"cuda:{self.dist.local_rank}" if under_torchrun_on_gpus else cfg.device
@@ -471,7 +486,7 @@ class _Run:
         tcfg = TrainConfig(lr=cfg.lr, warmup_frac=cfg.warmup_frac, decay=cfg.decay, dead_window_tokens=cfg.dead_window,
                            autocast=cfg.autocast, concurrent=not cfg.sequential)
         self.stop.where = "while loading the model; nothing was written"
-        adapter = load_model(cfg.model, backend="hf", dtype=cfg.dtype, device=device)
+        adapter = load_model(cfg.model, backend=cfg.backend, dtype=cfg.dtype, device=device)
         targets, built = self._targets(adapter, device)
         hooks = sorted({t.hook for t in targets}, key=lambda h: adapter.resolve(h).layer or 0)
         per_rank = cfg.tokens // cfg.ctx // self.dist.world_size
@@ -497,6 +512,14 @@ class _Run:
         # 4. Final scores, the SAEs and the report.
         self.stop.where = "during the final evaluation (the checkpoints are kept)"
         return self._finish(adapter, trainer, held, wb, session, found)
+
+    def _open_cache(self) -> ActivationCache:
+        """The activation cache to train from, checked against the run before anything loads or is written."""
+        cfg = self.cfg
+        cache = ActivationCache(cfg.from_cache)
+        cache.check_run(model=cfg.model, backend=cfg.backend, hooks=[s.hook for s in cfg.sae_specs()],
+                        model_dtype=cfg.dtype, ctx=cfg.ctx, tokens=cfg.tokens, cycle=cfg.cycle)
+        return cache
 
     def _find_checkpoint(self):
         if not self.main:
@@ -537,10 +560,15 @@ class _Run:
               into: int) -> _Session:
         """The steps, from stream position ``position`` (block ``block``, ``into`` of its batches done)."""
         cfg, dist, folder, stop = self.cfg, self.dist, self.folder, self.stop
-        batches = training_batches(cfg, adapter.tokenizer, rank=dist.rank, world_size=dist.world_size,
-                                   skip_sequences=position, max_positions=adapter.max_positions)
-        acts = stream_activations(adapter, hooks, batches, start_sequences=position, world_size=dist.world_size,
-                                  nonfinite=cfg.nonfinite)
+        if self.cache is not None:  # the same LM batches, read back from disk instead of computed
+            acts = self.cache.batches(hooks, cfg.batch_tokens // cfg.ctx, max_sequences=cfg.tokens // cfg.ctx,
+                                      cycle=cfg.cycle, rank=dist.rank, world_size=dist.world_size,
+                                      skip_sequences=position)
+        else:
+            batches = training_batches(cfg, adapter.tokenizer, rank=dist.rank, world_size=dist.world_size,
+                                       skip_sequences=position, max_positions=adapter.max_positions)
+            acts = stream_activations(adapter, hooks, batches, start_sequences=position, world_size=dist.world_size,
+                                      nonfinite=cfg.nonfinite)
         bar = progress_bar(cfg.progress, trainer.total_steps, trainer.step_count, self.main)
         last_ckpt, nonfinite_rows, eval_s, ran_dry = trainer.step_count, 0, 0.0, None
         tokens_at_start, block_start, in_block = trainer.tokens, position, 0

@@ -262,6 +262,9 @@ def test_every_subcommand_prints_json_last(tiny_run_inputs, tmp_path, capsys):
                  "--split", "all", "--importance-tokens", "256", "--rsa-tokens", "64",
                  "--out", str(tmp_path / "prog"), "--json"]) == 0
     results["progressive"] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["cache", *tiny_run_inputs, "--tokens", "512", "--batch-tokens", "256", "--hook", "resid_post.1",
+                 "--model-dtype", "fp32", "--progress", "off", "--out", str(tmp_path / "acts"), "--json"]) == 0
+    results["cache"] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(results) == set(COMMANDS)  # a new subcommand must be added here
     assert results["train"]["tokens"] > 0 and results["eval"]["hook"] == "resid_post.1"
     assert results["steer"]["edits"] == ["3:add:5"] and results["info"]["model"]["n_layers"] == 3

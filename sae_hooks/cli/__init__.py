@@ -32,6 +32,7 @@ from ..interrupts import RunInterrupted
 COMMANDS: dict[str, str] = {
     "info": "info",
     "train": "train",
+    "cache": "cache",
     "eval": "evaluate",
     "steer": "steer",
     "pretrained": "pretrained",
