@@ -16,6 +16,7 @@ import os
 import shutil
 import socket
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,53 @@ def load_hf(name_or_path: str = DEFAULT_MODEL, *, dtype: str | torch.dtype = tor
     return model.to(device), tok
 
 
+def _tl_major() -> int:
+    """TransformerLens's major version; a clear error where it is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return int(version("transformer-lens").split(".")[0])
+    except PackageNotFoundError:
+        raise ImportError("backend='tl' needs TransformerLens: pip install transformer-lens (4.x: TransformerBridge; "
+                          "3.x: HookedTransformer).") from None
+
+
+HOOKED_CONVERSIONS = {"LlamaForCausalLM": "convert_llama_weights", "MistralForCausalLM": "convert_mistral_weights",
+                      "Qwen2ForCausalLM": "convert_qwen2_weights", "GPT2LMHeadModel": "convert_gpt2_weights",
+                      "GPTNeoXForCausalLM": "convert_neox_weights"}
+"""HF architectures a TransformerLens 3.x ``HookedTransformer`` is built from, and TL's weight conversion for each."""
+
+
+def _hooked_transformer(model: Any, tokenizer: Any) -> Any:
+    """A TransformerLens 3.x ``HookedTransformer`` with ``model``'s weights, built offline.
+
+    ``HookedTransformer.from_pretrained`` accepts only models on TransformerLens's list (it refuses
+    SmolLM2); TL's own config and weight conversions applied to the loaded HF model need neither the
+    list nor the hub, and on SmolLM2 reproduce the HF loss. No weight processing (no folded norms or
+    centred weights): the hook points then carry the HF model's activations.
+    """
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens.loading_from_pretrained import convert_hf_model_config
+    from transformer_lens.pretrained import weight_conversions
+
+    arch = (getattr(model.config, "architectures", None) or [type(model).__name__])[0]
+    if arch not in HOOKED_CONVERSIONS:
+        raise ValueError(f"backend='tl' with TransformerLens 3.x builds a HookedTransformer for {', '.join(HOOKED_CONVERSIONS)}; "
+                         f"this model is {arch}. Use backend='hf', or TransformerLens 4.x (TransformerBridge).")
+    with tempfile.TemporaryDirectory() as tmp:  # TL reads the config from a folder; nothing is fetched
+        model.config.save_pretrained(tmp)
+        settings = convert_hf_model_config(tmp)
+    param = next(model.parameters())
+    cfg = HookedTransformerConfig(**{**settings, "tokenizer_name": None, "dtype": param.dtype, "device": str(param.device)})
+    with warnings.catch_warnings():  # TL 3.9 flags the class deprecated in favour of 4.x; on 3.x it is the one to use
+        warnings.filterwarnings("ignore", message="HookedTransformer is deprecated", category=DeprecationWarning)
+        hooked = HookedTransformer(cfg, tokenizer=tokenizer)
+    state = getattr(weight_conversions, HOOKED_CONVERSIONS[arch])(model, cfg)
+    hooked.load_and_process_state_dict(state, fold_ln=False, center_writing_weights=False, center_unembed=False,
+                                       fold_value_biases=False, refactor_factored_attn_matrices=False)
+    return hooked.eval().requires_grad_(False)
+
+
 def _hub_unreachable() -> str | None:
     """Why the HF hub cannot be reached from here (its host name does not resolve), or None.
 
@@ -181,7 +229,9 @@ def load_model(
 ) -> Adapter:
     """Load a causal LM and wrap it in the adapter for ``backend`` (``"hf"`` or ``"tl"``).
 
-    ``"tl"`` boots a TransformerLens ``TransformerBridge`` around the HF model (TL 4.x), offline.
+    ``"tl"`` boots a TransformerLens ``TransformerBridge`` around the HF model (TL 4.x), offline; with
+    TL 3.x it builds a ``HookedTransformer`` from the HF model's config and weights (llama, mistral,
+    qwen2, gpt2, gpt-neox families).
 
         >>> adapter = load_model("smollm2-135m-instruct", dtype="bf16")
         >>> adapter.capture(ids, ["resid_post.6"])
@@ -192,13 +242,9 @@ def load_model(
     label = str(name_or_path)
     if backend == "hf":
         return HFAdapter(model, tok, label)
-    try:
-        from transformer_lens.model_bridge import TransformerBridge
-    except ImportError as e:
-        raise ImportError(
-            "backend='tl' needs TransformerLens 4.x (TransformerBridge). With TransformerLens 3.x, build a "
-            "HookedTransformer yourself and pass it to sae_hooks.adapt()."
-        ) from e
+    if _tl_major() < 4:  # TransformerLens 3.x: HookedTransformer, what SAELens users have (3.9 ships an early bridge too)
+        return TLAdapter(_hooked_transformer(model, tok), tok, label)
+    from transformer_lens.model_bridge import TransformerBridge
     # Passing the tokenizer keeps boot offline; the bridge rewraps the HF model in place.
     bridge = TransformerBridge.boot_transformers(
         getattr(model.config, "_name_or_path", label), hf_model=model, tokenizer=tok, device=device
