@@ -70,7 +70,9 @@ def run(args: argparse.Namespace) -> dict:
         raise ValueError(f"--tokens ({args.tokens}) and --batch-size ({args.batch_size}) must be >= 1.")
     if len(args.sae) > 1:
         return _run_joint(args)
-    args.sae, args.hook = args.sae[0], (args.hook or [None])[-1]
+    if args.hook and len(args.hook) > 1:
+        raise ValueError(f"{len(args.hook)} --hook for one --sae: give one hook point (or none: the SAE's metadata names it).")
+    args.sae, args.hook = args.sae[0], (args.hook or [None])[0]
     path = resolve_sae_path(args.sae)
     sae = load_sae_spec(args.sae)
     parse_dtype(args.dtype)  # a clear error before the model loads
