@@ -135,6 +135,32 @@ def test_cached_codes_and_encoding_twice_give_the_same_scores(real_labels):
     assert a.to_dict(latents=True) == b.to_dict(latents=True)
 
 
+def test_sparse_codes_are_encoded_once_and_kept_sparse(real_labels, monkeypatch):
+    """A TopK SAE's codes (k of d_sae per token) are encoded once per chunk and kept as sparse
+    matrices for the second pass; dense codes (an untrained ReLU SAE's) are encoded twice instead."""
+    import scipy.sparse as sp
+
+    from sae_hooks.interp import scores as scores_module
+
+    tr, te = split(real_labels)
+    x = torch.randn(real_labels.shape[0], 16, generator=torch.Generator().manual_seed(4))
+    cfg = InterpConfig(ks=(1,), chunk=8192)
+    chunks = -(-len(tr) // cfg.chunk) + -(-len(te) // cfg.chunk)
+    kept = []
+    to_csr = scores_module._csr
+    monkeypatch.setattr(scores_module, "_csr", lambda v: kept.append(to_csr(v)) or kept[-1])
+    for arch, kw, encodes in (("topk", {"k": 4}, chunks), ("standard", {}, 2 * chunks)):
+        sae = make_sae(arch, 16, 256, seed=0, **kw)
+        calls = []
+        encode = sae.encode
+        sae.encode = lambda v, _e=encode: calls.append(1) or _e(v)
+        kept.clear()
+        score_dictionary(SAEDictionary(sae), x[tr], real_labels[tr], x[te], real_labels[te], cfg)
+        assert len(calls) == encodes, arch
+        if arch == "topk":
+            assert len(kept) == chunks and all(isinstance(b, sp.csr_matrix) and b.nnz <= 4 * b.shape[0] for b in kept)
+
+
 def test_scores_are_deterministic_for_a_seed(real_labels):
     tr, te = split(real_labels)
     x = torch.randn(real_labels.shape[0], 16, generator=torch.Generator().manual_seed(3))
