@@ -32,7 +32,6 @@ from ..interrupts import RunInterrupted
 COMMANDS: dict[str, str] = {
     "info": "info",
     "train": "train",
-    "cache": "cache",
     "eval": "evaluate",
     "steer": "steer",
     "pretrained": "pretrained",
@@ -41,6 +40,7 @@ COMMANDS: dict[str, str] = {
     "synth": "synth",
     "progressive": "progressive",
     "interp": "interp",
+    "cache": "cache",
 }
 
 
