@@ -45,6 +45,8 @@ FP16_MAX = torch.finfo(torch.float16).max
 FP16_TINY = torch.finfo(torch.float16).tiny  # smallest normal float16; below it precision drops
 BUDGET = 64_000_000  # bytes of SAE files in git, all SAEs together
 EVAL = "sae-hooks eval --sae pretrained:{name} --tokens {tokens} --ctx 128 --json"
+TOKENS = 10_000  # held-out tokens of the registry's figures (about a minute per SAE on a 2-core CPU)
+CHECK_TOKENS = 2_048  # the short re-run a slow test repeats for every SAE (CI time)
 
 
 def pack(src: Path, dst: Path, note: str | None = None) -> dict:
@@ -125,25 +127,35 @@ def add(src: Path, name: str, command: str, description: str, commit: str | None
     return entry
 
 
-def measure(names: list[str], tokens: int, commit: str | None) -> None:
-    """Run the evaluation command for each SAE in a subprocess and store its figures in the registry."""
+def _evaluate(command: str) -> dict:
+    """The JSON figures of one ``sae-hooks eval`` command line, run in a subprocess as a user would."""
+    argv = shlex.split(command)
+    # The subprocess may run another copy of sae_hooks (PYTHONPATH, e.g. a clean export of a commit): point it
+    # at these SAE folders explicitly.
+    env = {**os.environ, "SAE_HOOKS_PRETRAINED": str(HERE)}
+    out = subprocess.run([sys.executable, "-m", "sae_hooks", *argv[1:]], capture_output=True, text=True, env=env,
+                         check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"{command} failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure(names: list[str], tokens: int, check_tokens: int, commit: str | None) -> None:
+    """Run the evaluation command for each SAE in a subprocess and store its figures in the registry,
+    with those of the same command on ``check_tokens`` tokens (``metrics["check"]``): a test re-runs
+    that short one on every SAE, which the full one would make too slow for CI."""
     for name in names:
         reg = load_registry(HERE)
-        entry = reg.get(name)
-        if entry is None:
+        if reg.get(name) is None:
             raise SystemExit(f"No registry entry {name!r}; have {', '.join(reg.names)}.")
         command = EVAL.format(name=name, tokens=tokens)
-        argv = shlex.split(command)
-        # The subprocess may run another copy of sae_hooks (PYTHONPATH, e.g. a clean export of a commit): point it
-        # at these SAE folders explicitly.
-        env = {**os.environ, "SAE_HOOKS_PRETRAINED": str(HERE)}
-        out = subprocess.run([sys.executable, "-m", "sae_hooks", *argv[1:]], capture_output=True, text=True, env=env,
-                             check=False)
-        if out.returncode != 0:
-            raise SystemExit(f"{command} failed: {out.stderr[-2000:]}")
-        got = json.loads(out.stdout.strip().splitlines()[-1])
+        got = _evaluate(command)
+        short = EVAL.format(name=name, tokens=check_tokens)
+        small = _evaluate(short)
         metrics = {"command": command, "commit": commit, **{k: got[k] for k in METRIC_KEYS},
-                   "hook": got.get("hook"), "split": got.get("split"), "corpus": got.get("corpus")}
+                   "hook": got.get("hook"), "split": got.get("split"), "corpus": got.get("corpus"),
+                   "check": {"command": short, **{k: small[k] for k in METRIC_KEYS}}}
+        reg = load_registry(HERE)  # re-read: another tool may have written a field (interpretability) meanwhile
         entries = [e if e.name != name else _with_metrics(e, metrics) for e in reg.entries]
         write_registry(reg._replace(entries=entries))
         print(f"{name}: FVU {metrics['fvu']:.4f}  L0 {metrics['l0']:.1f}  dead {metrics['dead_frac']:.2%}  "
@@ -205,7 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--wall-s", type=float, default=None, help="wall time of the training run, seconds")
     m = sub.add_parser("measure", help="run `sae-hooks eval` on registered SAEs and store the figures")
     m.add_argument("names", nargs="*", help="registry names (default: all)")
-    m.add_argument("--tokens", type=int, default=50_000, help="held-out tokens")
+    m.add_argument("--tokens", type=int, default=TOKENS, help="held-out tokens")
+    m.add_argument("--check-tokens", type=int, default=CHECK_TOKENS,
+                   help="held-out tokens of the short re-run that tests/test_zoo.py repeats")
     m.add_argument("--commit", default=None, help="commit of the sae_hooks that measures (default: HEAD, -dirty if "
                    "sae_hooks/ has uncommitted changes)")
     sub.add_parser("check", help="registry against folders")
@@ -217,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{entry.name}: {entry.size:,} bytes, {entry.tensors}")
     elif args.cmd == "measure":
         commit = args.commit or _git("rev-parse", "HEAD") + ("-dirty" if _git("status", "--porcelain", "--", "../sae_hooks") else "")
-        measure(args.names or load_registry(HERE).names, args.tokens, commit)
+        measure(args.names or load_registry(HERE).names, args.tokens, args.check_tokens, commit)
     elif args.cmd == "table":
         print(markdown())
     else:

@@ -109,8 +109,9 @@ def plot(out: Path) -> Path:
     handles += [plt.Line2D([], [], color="k", marker=MARKERS[i % len(MARKERS)], ls="", mfc="none", label=f"layer {L}")
                 for i, L in enumerate(layers)]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
-    fig.suptitle("Pretrained SAEs on SmolLM2-135M-Instruct, resid_post (held-out stdlib text, 50k tokens; "
-                 "larger marker: 4,608 latents)", fontsize=9)
+    tokens = sorted({e.metrics["tokens"] for e in rows})
+    fig.suptitle("Pretrained SAEs on SmolLM2-135M-Instruct, resid_post (held-out stdlib text, "
+                 f"{'/'.join(f'{t:,}' for t in tokens)} tokens; larger marker: more than 2,304 latents)", fontsize=9)
     fig.tight_layout(rect=(0, 0.07, 1, 0.95))
     fig.savefig(out, dpi=130)
     return out
