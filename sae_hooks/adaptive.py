@@ -283,24 +283,14 @@ def capture_rows(adapter: Any, tokens: TokenBatch, hook: str, batch_size: int = 
     return torch.cat(out)
 
 
-def sparsity_sweep(adapter: Any, saes: Mapping[str, Any], hook: str, tokens: TokenBatch,
-                   calib_rows: Float[Tensor, "N d"], cfg: SweepConfig | None = None, *,
-                   eval_rows: Float[Tensor, "M d"] | None = None, batch_size: int = 8) -> SweepResult:
-    """Evaluate each SAE as trained and at every setting of ``cfg`` on ``tokens`` (one ``evaluate_many`` call:
-    one clean forward per batch for all of them). ``eval_rows`` (the held-out activations; captured here when
-    None) give the MP stopping-step histograms.
-
-        res = sparsity_sweep(adapter, {"mp": mp, "topk": topk, "batchtopk": btk}, "resid_post.6", held_out, calib)
-    """
-    cfg = cfg or SweepConfig()
-    if not saes:
-        raise ValueError("sparsity_sweep needs at least one SAE.")
-    t0 = time.perf_counter()
+def _variants(saes: Mapping[str, Any], calib_rows: Float[Tensor, "N d"], cfg: SweepConfig,
+              eval_rows: Float[Tensor, "M d"] | None) -> tuple[list[tuple[dict[str, Any], Any]], dict[str, list[int]],
+                                                            dict[int, float]]:
+    """Every (SAE, setting) of ``cfg`` as (point fields, encoder view), the stopping-step histograms of the MP
+    threshold runs on ``eval_rows``, and their mean steps by variant index."""
     variants: list[tuple[dict[str, Any], Any]] = []
     stopping: dict[str, list[int]] = {}
     steps_mean: dict[int, float] = {}
-    if eval_rows is None and any(s.architecture == "matching_pursuit" for s in saes.values()):
-        eval_rows = capture_rows(adapter, tokens, hook, batch_size)
     for name, sae in saes.items():
         arch = sae.architecture
         variants.append(({"sae": name, "arch": arch, "mode": "trained", "k": getattr(sae.cfg, "k", None),
@@ -327,6 +317,25 @@ def sparsity_sweep(adapter: Any, saes: Mapping[str, Any], hook: str, tokens: Tok
                 variants.append(({"sae": name, "arch": arch, "mode": "calibrated", "k": k, "threshold": theta}, view))
         else:
             raise ValueError(f"sparsity_sweep: SAE {name!r} is {arch!r}; supported: matching_pursuit, topk, batchtopk.")
+    return variants, stopping, steps_mean
+
+
+def sparsity_sweep(adapter: Any, saes: Mapping[str, Any], hook: str, tokens: TokenBatch,
+                   calib_rows: Float[Tensor, "N d"], cfg: SweepConfig | None = None, *,
+                   eval_rows: Float[Tensor, "M d"] | None = None, batch_size: int = 8) -> SweepResult:
+    """Evaluate each SAE as trained and at every setting of ``cfg`` on ``tokens`` (one ``evaluate_many`` call:
+    one clean forward per batch for all of them). ``eval_rows`` (the held-out activations; captured here when
+    None) give the MP stopping-step histograms.
+
+        res = sparsity_sweep(adapter, {"mp": mp, "topk": topk, "batchtopk": btk}, "resid_post.6", held_out, calib)
+    """
+    cfg = cfg or SweepConfig()
+    if not saes:
+        raise ValueError("sparsity_sweep needs at least one SAE.")
+    t0 = time.perf_counter()
+    if eval_rows is None and any(s.architecture == "matching_pursuit" for s in saes.values()):
+        eval_rows = capture_rows(adapter, tokens, hook, batch_size)
+    variants, stopping, steps_mean = _variants(saes, calib_rows, cfg, eval_rows)
     reports = evaluate_many(adapter, [(hook, v) for _, v in variants], tokens, batch_size=batch_size, top_contexts=0)
     points = []
     for i, ((meta, _), r) in enumerate(zip(variants, reports)):
@@ -337,5 +346,41 @@ def sparsity_sweep(adapter: Any, saes: Mapping[str, Any], hook: str, tokens: Tok
     return SweepResult(hook, tuple(points), stopping, n_eval, int(calib_rows.shape[0]), time.perf_counter() - t0)
 
 
+@torch.no_grad()
+def activation_sweep(saes: Mapping[str, Any], hook: str, rows: Float[Tensor, "N d"],
+                     calib_rows: Float[Tensor, "M d"], cfg: SweepConfig | None = None, *,
+                     chunk: int = 4096) -> SweepResult:
+    """The settings of ``sparsity_sweep`` scored on activation rows alone: FVU, L0 and dead fraction (no model
+    forward, so the LM-loss fields are NaN). Cheap enough for many more held-out rows than a CE sweep.
+
+        res = activation_sweep({"mp": mp, "topk": topk}, "resid_post.6", held_out_rows, calib_rows)
+    """
+    cfg = cfg or SweepConfig()
+    if not saes:
+        raise ValueError("activation_sweep needs at least one SAE.")
+    if rows.ndim != 2 or rows.shape[0] < 2:
+        raise ValueError(f"activation_sweep: rows must be [N >= 2, d_in]; got shape {tuple(rows.shape)}.")
+    t0 = time.perf_counter()
+    variants, stopping, steps_mean = _variants(saes, calib_rows, cfg, rows)
+    x = rows.double()
+    # Pooled FVU as evaluate computes it: total squared error over the total variance about the mean row.
+    total_var = float((x - x.mean(0)).pow(2).sum())
+    points = []
+    nan = float("nan")
+    for i, (meta, view) in enumerate(variants):
+        sq_err, nonzero, fired = 0.0, 0.0, None
+        for part in rows.split(chunk):
+            z = view.encode(part)
+            sq_err += float((part.double() - view.decode(z).double()).pow(2).sum())
+            nonzero += float((z != 0).sum())
+            hit = (z != 0).any(0)
+            fired = hit if fired is None else fired | hit
+        points.append(SweepPoint(**meta, fvu=sq_err / total_var, l0=nonzero / rows.shape[0], recaptured_zero=nan,
+                                 recaptured_mean=nan, delta_ce=nan, kl=nan, dead_frac=1 - float(fired.double().mean()),
+                                 mean_steps=steps_mean.get(i)))
+    return SweepResult(hook, tuple(points), stopping, int(rows.shape[0]), int(calib_rows.shape[0]),
+                       time.perf_counter() - t0)
+
+
 __all__ = ["SweepConfig", "SweepPoint", "SweepResult", "MPView", "topk_at", "batchtopk_at", "residual_norms",
-           "stopping_steps", "capture_rows", "sparsity_sweep"]
+           "stopping_steps", "capture_rows", "sparsity_sweep", "activation_sweep"]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 
-from sae_hooks.adaptive import (MPView, SweepConfig, batchtopk_at, capture_rows, residual_norms, sparsity_sweep,
-                                stopping_steps, topk_at)
+from sae_hooks.adaptive import (MPView, SweepConfig, activation_sweep, batchtopk_at, capture_rows, residual_norms,
+                                sparsity_sweep, stopping_steps, topk_at)
 from sae_hooks.data import TokenBatch, make_mask
 from sae_hooks.sae import make_sae
 
@@ -138,3 +139,22 @@ def test_sweep_runs_one_clean_forward_per_batch_for_every_setting(tiny_hf, token
     assert calls["embed"] == calls["block0"] == n_batches
     # Above the hook: the clean pass, each variant's splice, one zero-ablation and one mean-ablation per batch.
     assert calls["block2"] == n_batches * (1 + len(res.points) + 1 + 1)
+
+
+def test_activation_sweep_matches_the_lm_sweep_on_the_same_rows(tiny_hf, tokens):
+    saes = {"mp": make_sae("matching_pursuit", 64, 128, k=4, seed=0),
+            "topk": make_sae("topk", 64, 128, k=4, seed=1),
+            "btk": make_sae("batchtopk", 64, 128, k=4, seed=2)}
+    rows = capture_rows(tiny_hf, tokens, "resid_post.1")
+    cfg = SweepConfig(ks=(2, 8), threshold_ks=(2,), max_steps=16)
+    lm = sparsity_sweep(tiny_hf, saes, "resid_post.1", tokens, rows, cfg, eval_rows=rows, batch_size=4)
+    acts = activation_sweep(saes, "resid_post.1", rows, rows, cfg, chunk=50)
+    assert [(p.sae, p.mode, p.k) for p in acts.points] == [(p.sae, p.mode, p.k) for p in lm.points]
+    assert acts.stopping == lm.stopping and acts.eval_tokens == lm.eval_tokens
+    for a, b in zip(acts.points, lm.points):
+        # Same codes; the sums run in another order and precision (float64 here), hence the tolerance.
+        assert a.fvu == pytest.approx(b.fvu, rel=1e-4) and a.l0 == pytest.approx(b.l0, abs=1e-9)
+        assert a.dead_frac == pytest.approx(b.dead_frac, abs=1e-9) and a.mean_steps == b.mean_steps
+        assert math.isnan(a.delta_ce) and math.isnan(a.recaptured_zero)
+    with pytest.raises(ValueError, match="rows must be"):
+        activation_sweep(saes, "resid_post.1", rows[:1], rows, cfg)
