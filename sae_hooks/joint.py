@@ -93,16 +93,16 @@ class JointReport:
 
     def table(self) -> str:
         """One row per SAE alone and a last row for all of them together, then the definitions."""
-        head = f"{'SAEs spliced':<34} {'CE':>8} {'dCE':>9} {'KL':>8} {'rec.zero':>9} {'rec.mean':>9} {'FVU':>7} {'L0':>7}"
+        labels = [f"{r.hook} ({r.architecture}, {r.d_sae})" for r in self.each] + ["all together: " + "+".join(self.hooks)]
+        w = max(len(x) for x in [*labels, "SAEs spliced"])
+        head = f"{'SAEs spliced':<{w}} {'CE':>8} {'dCE':>9} {'KL':>8} {'rec.zero':>9} {'rec.mean':>9} {'FVU':>7} {'L0':>7}"
         lines = [f"CE clean {self.ce_clean:.4f} nats over {self.tokens} tokens; ablation scope {self.ablation_scope}"
                  + ("; error terms kept" if self.keep_error else ""), head]
-        for r in self.each:
-            label = f"{r.hook} ({r.architecture}, {r.d_sae})"
-            lines.append(f"{label:<34} {r.ce_spliced:>8.4f} {r.delta_ce:>+9.4f} {r.kl:>8.4f} {r.recaptured_zero:>9.4f} "
+        for label, r in zip(labels, self.each):
+            lines.append(f"{label:<{w}} {r.ce_spliced:>8.4f} {r.delta_ce:>+9.4f} {r.kl:>8.4f} {r.recaptured_zero:>9.4f} "
                          f"{r.recaptured_mean:>9.4f} {r.fvu:>7.4f} {r.l0:>7.2f}")
-        label = "all together: " + "+".join(self.hooks)
-        lines.append(f"{label:<34} {self.ce_spliced:>8.4f} {self.delta_ce:>+9.4f} {self.kl:>8.4f} "
-                     f"{self.recaptured_zero:>9.4f} {self.recaptured_mean:>9.4f} {'':>7} {'':>7}")
+        lines.append(f"{labels[-1]:<{w}} {self.ce_spliced:>8.4f} {self.delta_ce:>+9.4f} {self.kl:>8.4f} "
+                     f"{self.recaptured_zero:>9.4f} {self.recaptured_mean:>9.4f}")
         lines.append("definitions: " + JOINT_DEFINITIONS)
         return "\n".join(lines)
 
