@@ -191,7 +191,8 @@ class RunConfig:
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ValueError(f"RunConfig.{name}={getattr(self, name)!r}; it must be a non-empty string.")
         if self.from_cache is not None and not self.from_cache:
-            raise ValueError("RunConfig.from_cache=''; give the folder of an activation cache, or None to run the model.")
+            raise ValueError("RunConfig.from_cache=''; give the folder of an activation cache, or None to run the "
+                             "model.")
         # TrainConfig checks lr, warmup_frac and decay with its own messages; build one to run them.
         TrainConfig(lr=self.lr, warmup_frac=self.warmup_frac, decay=self.decay, dead_window_tokens=self.dead_window)
         if not isinstance(self.l1_coef, float) or not math.isfinite(self.l1_coef) or self.l1_coef < 0:
