@@ -101,7 +101,7 @@ def plot(out: Path) -> Path:
         b.set_xscale("log")
     a.set(xlabel="L0 (active latents per token)", ylabel="FVU (lower is better)", title="Reconstruction")
     b.set(xlabel="L0 (active latents per token)", ylabel="recaptured LM loss (higher is better)",
-          title="Spliced into the model (filled: zero-abl., hollow: mean-abl.)")
+          title="Spliced in (filled: zero-abl., hollow: mean-abl.)")
     for ax in (a, b):
         ax.grid(alpha=0.3)
     handles = [plt.Line2D([], [], color=c, marker="o", ls="", label=k)
