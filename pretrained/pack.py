@@ -1,8 +1,8 @@
 """Maintain pretrained/: pack trained SAEs into it, measure them, and keep registry.json in step.
 
-    $ python pretrained/pack.py add RUN/saes/topk_resid_post.28 smollm2-l28-topk \\
+    $ python pretrained/pack.py add RUN/saes/topk_resid_post.28 smollm2-l28-topk-2304 \\
           --command "sae-hooks train ... --out RUN" --description "TopK, k=32, late layer"
-    $ python pretrained/pack.py measure smollm2-l28-topk      # runs `sae-hooks eval --sae pretrained:NAME ...`
+    $ python pretrained/pack.py measure smollm2-l28-topk-2304 # runs `sae-hooks eval --sae pretrained:NAME ...`
     $ python pretrained/pack.py check                          # registry against the folders (sizes, sha256, shapes)
     $ python pretrained/pack.py table                          # the registry as README.md's markdown table
 

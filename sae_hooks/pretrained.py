@@ -9,7 +9,7 @@ figures it printed, and the size and sha256 of every file. The package reaches t
 
     >>> from sae_hooks import load_pretrained
     >>> sae = load_pretrained("smollm2-l6-topk")            # checks the files against the registry
-    >>> resolve_sae_path("pretrained:smollm2-l28-topk")      # what every --sae flag does
+    >>> resolve_sae_path("pretrained:smollm2-l28-topk-2304") # what every --sae flag does
     >>> [e.name for e in load_registry().entries]
 
 ``--sae`` takes a folder, ``pretrained:NAME``, ``saelens:RELEASE:SAE_ID`` or
@@ -332,7 +332,7 @@ def resolve_pretrained(name: str, *, verify: bool = True) -> Path:
 def load_pretrained(name: str, *, verify: bool = True):
     """Load the pretrained SAE ``name`` (after checking its files against the registry).
 
-        >>> sae = load_pretrained("smollm2-l28-topk")
+        >>> sae = load_pretrained("smollm2-l28-topk-2304")
         >>> sae.metadata["hook_name"]
         'blocks.28.hook_resid_post'
     """
@@ -371,7 +371,7 @@ def load_sae_spec(spec: str):
     """Load the SAE an ``--sae`` value names (see ``resolve_sae_path``); pretrained SAEs are checked
     against the registry, SAELens folders of any version are read.
 
-        >>> sae = load_sae_spec("pretrained:smollm2-l6-matryoshka")
+        >>> sae = load_sae_spec("pretrained:smollm2-l6-matryoshka-2304")
     """
     from . import hub
     from .sae import load_sae

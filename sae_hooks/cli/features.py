@@ -4,7 +4,7 @@ For each ``--latent``: how often it fires (density), quantiles of its activation
 its top-activating contexts with every firing token marked «like this», and the tokens its
 decoder direction promotes and suppresses through the unembedding (``sae_hooks.features``).
 
-    $ sae-hooks features --sae pretrained:smollm2-l28-topk --latent 123 --latent 456
+    $ sae-hooks features --sae pretrained:smollm2-l28-topk-2304 --latent 123 --latent 456
     $ sae-hooks features --sae runs/l6/saes/topk_resid_post.6 --latent 7 --tokens 20000 --json
 """
 

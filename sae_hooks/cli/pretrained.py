@@ -2,7 +2,7 @@
 
     $ sae-hooks pretrained list                 # one row per SAE: hook, architecture, width, k, held-out figures
     $ sae-hooks pretrained list --json
-    $ sae-hooks pretrained show smollm2-l28-topk  # every registry field, with the train and eval commands
+    $ sae-hooks pretrained show smollm2-l28-topk-2304  # every registry field, with the train and eval commands
     $ sae-hooks pretrained verify               # every file against its size and sha256, tensor shapes too
     $ sae-hooks pretrained path smollm2-l6-topk   # the folder, for tools that want a path
 
