@@ -183,6 +183,23 @@ def test_labels_with_too_few_tokens_are_skipped_not_scored(real_labels):
     assert len(s.best) == len(stats) - len(skipped)
 
 
+@pytest.mark.parametrize("arch, kw", [("topk", {}), ("batchtopk", {}), ("matryoshka", {"widths": (64, 256)})])
+def test_random_twin_fires_like_a_trained_sae_of_its_kind(arch, kw):
+    """A twin has its SAE's class and config, untrained; a learned inference threshold (0 before any
+    step, which would make BatchTopK and Matryoshka twins dense ReLUs) is set as the first step sets
+    it, so the twin fires k latents per token on average over the sample."""
+    from sae_hooks.interp import random_like
+
+    x = torch.randn(4096, 32, generator=torch.Generator().manual_seed(5)) + 3.0
+    sae = make_sae(arch, 32, 256, k=8, seed=7, **kw)
+    twin = random_like(sae, x, seed=0)
+    assert type(twin) is type(sae) and twin.cfg == sae.cfg and not torch.equal(twin.W_dec, sae.W_dec)
+    l0 = (twin.encode(x) > 0).float().sum(1)
+    # TopK: exactly k per token; a batch threshold: k per token on the sample it was set from (ties aside)
+    assert l0.mean().item() == pytest.approx(8.0, abs=0.01)
+    assert torch.equal(random_like(sae, x, seed=0).W_dec, twin.W_dec)      # deterministic for a seed
+
+
 def test_residual_detectors_fire_on_their_quantile():
     x = torch.randn(4000, 6, generator=torch.Generator().manual_seed(0))
     r = ResidualCoordinates(x, (0.5, 0.9))

@@ -2,8 +2,9 @@
 
 - ``random_like(sae, sample, seed)``: an SAE of the same class and config (so the same shape, k,
   thresholds...) as training would start it: the architecture's own random initialisation, then
-  ``b_dec`` set from the data the way the trainer does (geometric median of a sample). Its latents
-  fire by the SAE's own rule (code > 0).
+  ``b_dec`` set from the data the way the trainer does (geometric median of a sample), and a learned
+  inference threshold (BatchTopK, Matryoshka) set to the sample's batch-TopK threshold, as the first
+  training step sets it. Its latents fire by the SAE's own rule (code > 0).
 - ``ResidualCoordinates``: the hook's coordinates as "latents". A coordinate has no zero to fire
   above, so each coordinate j gives ``2 · len(quantiles)`` detectors: for sign s in (+, -) and
   quantile q, it fires where s·x_j exceeds the q-quantile of s·x_j over the training tokens (it
@@ -40,6 +41,12 @@ def random_like(sae: Any, sample: Float[Tensor, "n d_in"], seed: int) -> Any:
     twin = type(sae)(cfg, metadata=dict(getattr(sae, "metadata", {}) or {}))
     twin.reset_parameters(torch.Generator().manual_seed(seed))
     twin.init_from_data(sample.float(), method="geometric_median")
+    if callable(getattr(twin, "set_threshold", None)):
+        # A learned inference threshold (BatchTopK, Matryoshka) is 0 before training, which makes an
+        # untrained twin a dense ReLU (~half its latents fire); set it as the first training step
+        # would, to the sample's batch-TopK threshold, so that the twin fires ~k latents per token.
+        with torch.no_grad():
+            twin.set_threshold(float(twin.training_loss(sample.float()).batch_threshold))
     return twin.to(sae.W_dec.device).eval()
 
 
