@@ -1,15 +1,15 @@
-"""Steering SmolLM2 with a feature of a freshly trained SAE (mirrors tutorials/steering.md).
+"""Steering SmolLM2 with a feature of a pretrained SAE (mirrors tutorials/steering.md).
 
-Runs offline on CPU: trains a TopK SAE at resid_post.28 (of 30 layers) with ``sae-hooks train``
-(~10 minutes on a shared 2-core machine; skipped when the run folder already holds the SAE),
+Runs offline on CPU: loads the zoo's TopK SAE at resid_post.28 (of 30 layers),
+``pretrained:smollm2-l28-topk-2304`` (or trains one with ``sae-hooks train`` into ``--run``),
 chooses a latent by a fixed rule (``--choose writes``: the specific latent whose read-out singles
 out a chosen word; ``--choose reads``: the strongest specific latent *on* that word), lists its
 promoted tokens (decoder direction → final-norm gain → unembedding), then steers 20 fixed neutral
 prompts at three edit strengths (a doubling ladder), counts the promoted tokens in the continuations
 against the unsteered baseline, and measures the side effects on held-out text.
 
-    python tutorials/steering.py                          # trains (or reuses) the SAE, prints everything
-    python tutorials/steering.py --run runs/steer_l28     # reuse a `sae-hooks train` run folder
+    python tutorials/steering.py                          # the pretrained SAE, prints everything
+    python tutorials/steering.py --run runs/steer_l28     # train (or reuse) an SAE in a `sae-hooks train` run folder
     python tutorials/steering.py --choose reads           # the latent that fires on " error" instead
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from sae_hooks import load_model
+from sae_hooks import load_model, load_pretrained
 from sae_hooks.cli import main as sae_hooks_cli
 from sae_hooks.data import CorpusConfig, iter_batches, load_token_tensor
 from sae_hooks.features import harvest, latents_for_text, logit_effects
@@ -33,7 +33,9 @@ from sae_hooks.steer import generate, side_effects, steer
 # (final norm + unembedding of the residual) names the right next token from layer 28 on, while at
 # layer 24 it still gives ',', ' the', ' D' (measured on "The capital of Germany is" → " Berlin").
 HOOK = "resid_post.28"
-# The training run, exactly as on the command line (seeded: the same flags give the same SAE).
+# The pretrained SAE used by default (trained with the zoo's command, pretrained/README.md).
+PRETRAINED = "smollm2-l28-topk-2304"
+# With --run: a training run, exactly as on the command line (seeded: the same flags give the same SAE).
 TRAIN_ARGS = ["--hook", HOOK, "--arch", "topk", "--d-sae", "4608", "--k", "32", "--tokens", "250000",
               "--eval-every", "0", "--checkpoint-every", "0", "--progress", "off"]
 TOP_N = 20          # size of the promoted-token list that is counted
@@ -104,8 +106,9 @@ def which_promoted(gens: list, promoted: set[int], tok) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--run", default="runs/steer_l28",
-                   help="sae-hooks train run folder (trained there if it holds no SAE yet)")
+    p.add_argument("--run", default=None,
+                   help="instead of the pretrained SAE: a sae-hooks train run folder (trained there if it holds no "
+                        "SAE yet)")
     p.add_argument("--word", default=" error")
     p.add_argument("--choose", default="writes", choices=["writes", "reads"],
                    help="writes: the latent whose read-out singles out --word; reads: the latent firing most on it")
@@ -119,11 +122,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    sae_dir = train_or_reuse(Path(args.run))
-    sae = load_sae(sae_dir).eval().requires_grad_(False)
+    if args.run:
+        sae_dir = train_or_reuse(Path(args.run))
+        sae, sae_spec = load_sae(sae_dir), str(sae_dir)
+    else:
+        sae, sae_spec = load_pretrained(PRETRAINED), f"pretrained:{PRETRAINED}"
+    sae = sae.eval().requires_grad_(False)
     adapter = load_model()  # fp32 for steering and evaluation
     tok = adapter.tokenizer
-    print(f"SAE: {sae.architecture}, d_sae {sae.cfg.d_sae}, k {sae.cfg.k}, at {HOOK}, from {sae_dir}")
+    print(f"SAE: {sae.architecture}, d_sae {sae.cfg.d_sae}, k {sae.cfg.k}, at {HOOK}, from {sae_spec}")
 
     held_out = list(iter_batches(tok, CorpusConfig(split="eval", ctx=128), 16, max_tokens=32_768))
     h = harvest(adapter, sae, HOOK, held_out, k=8)
@@ -201,7 +208,7 @@ def main() -> None:
     print(f"  {'baseline (no edit)':<22} {sum(n > 0 for n in base_n):>13}/20 {sum(base_n):>7} {0:>+9.3f} {0:>12.3f}")
     for edit, k, n, dce, kl in rows:
         print(f"  {edit:<22} {k:>13}/20 {n:>7} {dce:>+9.3f} {kl:>12.3f}")
-    print(f"\nThe same edit from the command line:\n  sae-hooks steer --sae {sae_dir} --model smollm2-135m-instruct "
+    print(f"\nThe same edit from the command line:\n  sae-hooks steer --sae {sae_spec} --model smollm2-135m-instruct "
           f"--hook {HOOK} --edit {rows[-2][0]} --prompt {PROMPTS[0]!r} --max-new-tokens 20 --json")
 
 
