@@ -46,7 +46,7 @@ FP16_TINY = torch.finfo(torch.float16).tiny  # smallest normal float16; below it
 BUDGET = 64_000_000  # bytes of SAE files in git, all SAEs together
 EVAL = "sae-hooks eval --sae pretrained:{name} --tokens {tokens} --ctx 128 --json"
 # Held-out tokens of the registry's figures: few, because tests/test_zoo.py re-runs every entry's command and CI
-# time matters (~15 s per SAE on a quiet 2-core CPU: the eval runs the whole model four times, fp32).
+# time matters (~40 s per SAE on a 2-core CPU, model load included: the eval runs the whole model four times, fp32).
 TOKENS = 3_072
 
 

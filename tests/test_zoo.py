@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ZOO = ROOT / "pretrained"
 BUDGET = 64_000_000
 # The registry's figures come from EVAL on TOKENS held-out tokens (pretrained/pack.py measure), few enough that
-# the slow test below can re-run the command of every SAE (~15 s each on a quiet 2-core CPU).
+# the slow test below can re-run the command of every SAE (~40 s each on a 2-core CPU, ~8 minutes for all).
 EVAL = "sae-hooks eval --sae pretrained:{name} --tokens {tokens} --ctx 128 --json"
 TOKENS = 3_072
 
