@@ -29,8 +29,9 @@ def small_run(tmp_path_factory):
 
 def test_files_and_tables(small_run):
     out, _, stdout = small_run
-    for name in ("toy/table.md", "toy/plot.png", "digits/atoms.png", "digits/k_curve.png", "live/adaptive_seed0.png"):
+    for name in ("toy/plot.png", "digits/atoms.png", "digits/k_curve.png", "live/adaptive_seed0.png"):
         assert (out / name).stat().st_size > 5_000, name
+    assert "| paper | 20 | matching_pursuit |" in (out / "toy" / "table.md").read_text()
     assert "stopping step p10/p50/p90" in (out / "live" / "sweep_seed0.md").read_text()
     assert "MP residual monotonicity" in stdout and "Welch bound" in stdout
 
