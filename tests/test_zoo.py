@@ -27,6 +27,8 @@ BUDGET = 64_000_000
 # the slow test below can re-run the command of every SAE (~40 s each on a 2-core CPU, ~8 minutes for all).
 EVAL = "sae-hooks eval --sae pretrained:{name} --tokens {tokens} --ctx 128 --json"
 TOKENS = 3_072
+# One test per shipped SAE, named by it (read at collection time, so a new entry gets its own tests).
+NAMES = [e.name for e in pt.load_registry(ZOO).entries]
 
 
 @pytest.fixture(scope="module")
@@ -86,11 +88,9 @@ def test_the_zoo_covers_three_depths_and_three_architectures_within_budget(reg):
             assert isinstance(e.metrics[key], (int, float)), (e.name, key)
 
 
-@pytest.mark.parametrize("i", range(12))
-def test_every_entry_loads_by_name_as_float32(no_env, reg, i):
-    if i >= len(reg.entries):
-        pytest.skip(f"the registry has {len(reg.entries)} entries")
-    e = reg.entries[i]
+@pytest.mark.parametrize("name", NAMES)
+def test_every_entry_loads_by_name_as_float32(no_env, reg, name):
+    e = reg.get(name)
     sae = sae_hooks.load_pretrained(e.name)
     assert sae.architecture == e.architecture and (sae.cfg.d_in, sae.cfg.d_sae) == (e.d_in, e.d_sae)
     assert sae.W_dec.dtype == torch.float32
@@ -267,13 +267,11 @@ def test_installed_wheel_loads_a_pretrained_sae_by_name(tmp_path, reg):
 # count, allowed to move by 2 latents.
 REL, ABS = 0.01, 0.002
 @pytest.mark.slow
-@pytest.mark.parametrize("i", range(12))
-def test_registry_metrics_remeasured(smollm2, capsys, no_env, reg, i):
+@pytest.mark.parametrize("name", NAMES)
+def test_registry_metrics_remeasured(smollm2, capsys, no_env, reg, name):
     from sae_hooks.cli import main
 
-    if i >= len(reg.entries):
-        pytest.skip(f"the registry has {len(reg.entries)} entries")
-    e = reg.entries[i]
+    e = reg.get(name)
     argv = shlex.split(e.metrics["command"])
     assert argv[0] == "sae-hooks"
     assert main(argv[1:]) == 0
