@@ -56,6 +56,7 @@ from torch import Tensor
 from ._io import atomic_write_bytes, atomic_write_text
 from .activations import NONFINITE_POLICIES, NonFiniteActivations
 from .data import CorpusConfig, CorpusError, iter_batches, special_token_ids
+from .hardware import resolve_model_dtype
 from .hookpoints import parse_hook
 from .models import DEFAULT_MODEL
 
@@ -65,7 +66,7 @@ FORMAT = "sae-hooks activation cache"
 VERSION = 1
 MANIFEST = "manifest.json"
 STORAGE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-MODEL_DTYPES = ("bf16", "fp32", "fp16")
+MODEL_DTYPES = ("auto", "bf16", "fp32", "fp16")
 BACKENDS = ("hf", "tl")
 PROGRESS = ("auto", "on", "off")
 VERIFY = ("size", "sha256")
@@ -97,8 +98,9 @@ class CacheConfig:
     """Context length of each sequence."""
     batch_tokens: int = 4096
     """Tokens per LM forward; a live run with the same batch_tokens sees bitwise the same activations."""
-    model_dtype: str = "bf16"
-    """LM dtype; a run training from the cache must use the same (its --dtype)."""
+    model_dtype: str = "auto"
+    """LM dtype (auto = bf16 where the device multiplies bf16 natively, else fp32, as `sae-hooks train` resolves
+    it); a run training from the cache must use the same (its --dtype)."""
     dtype: str = "fp32"
     """Storage dtype: fp32, or bf16 (half the disk; exact when the model runs in bf16)."""
     shuffle: bool = True
@@ -158,7 +160,12 @@ class CacheConfig:
         """The settings that decide the cache's content, hooks in canonical spelling (JSON-able)."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in self.NOT_FINGERPRINTED}
         out["hooks"] = [str(parse_hook(h)) for h in self.hooks]
+        out["model_dtype"] = self.resolved_model_dtype()
         return out
+
+    def resolved_model_dtype(self) -> str:
+        """``model_dtype`` with ``auto`` resolved for ``device`` (bf16 where it multiplies bf16 natively, else fp32)."""
+        return resolve_model_dtype(self.model_dtype, self.device)
 
 
 @dataclass(frozen=True)
@@ -308,7 +315,7 @@ def write_cache(cfg: CacheConfig, *, on_shard: Callable[[int], None] | None = No
     manifest = _prepare_folder(cfg)
     if manifest is not None and manifest["complete"]:
         return _result(folder, manifest, manifest["sequences"], 0.0, 0)
-    adapter = load_model(cfg.model, backend=cfg.backend, dtype=cfg.model_dtype, device=cfg.device)
+    adapter = load_model(cfg.model, backend=cfg.backend, dtype=cfg.resolved_model_dtype(), device=cfg.device)
     names = [adapter.canonical(h) for h in cfg.hooks]
     widths = {h: adapter.width(h) for h in names}
     store = STORAGE_DTYPES[cfg.dtype]
@@ -321,7 +328,7 @@ def write_cache(cfg: CacheConfig, *, on_shard: Callable[[int], None] | None = No
     if manifest is None:
         manifest = {"format": FORMAT, "version": VERSION, "settings": cfg.fingerprint(), "complete": False,
                     "model": cfg.model, "backend": cfg.backend, "hooks": names, "widths": widths, "ctx": cfg.ctx,
-                    "model_dtype": cfg.model_dtype, "dtype": cfg.dtype, "batch_sequences": batch_seqs,
+                    "model_dtype": cfg.resolved_model_dtype(), "dtype": cfg.dtype, "batch_sequences": batch_seqs,
                     "shard_sequences": shard_seqs, "sequences_asked": total,
                     "corpus": {"source": cfg.corpus, "split": corpus.split, "shuffle": cfg.shuffle, "seed": cfg.seed,
                                "cycle": cfg.cycle},

@@ -171,8 +171,12 @@ class RunFolder:
             diff = {k: (old.get(k), v) for k, v in fingerprint.items() if json.dumps(old.get(k)) != json.dumps(v)}
             if diff:
                 shown = ", ".join(f"{k}: was {a!r}, now {b!r}" for k, (a, b) in diff.items())
+                hint = ""
+                if "dtype" in diff:  # --dtype auto resolves per device: the same command can differ on another machine
+                    hint = (f" The model ran in {diff['dtype'][0]} (--dtype auto picks bf16 only where the device "
+                            f"multiplies bf16 natively): pass --dtype {diff['dtype'][0]} to resume it here.")
                 raise ValueError(f"--resume: the run in {self.path} was started with other settings ({shown}). "
-                                 "Resume with the original settings, or use --overwrite / another --out.")
+                                 f"Resume with the original settings, or use --overwrite / another --out.{hint}")
             if self.finished(info):
                 raise ValueError(f"--resume: the run in {self.path} is finished ({info.get('steps', '?')} steps; its "
                                  f"SAEs are in {self.saes}), so there is nothing to resume. Use --overwrite to "

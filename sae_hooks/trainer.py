@@ -49,6 +49,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ._threads import thread_pool
+from .hardware import native_bf16
 from .distributed import DistContext, all_reduce_, all_reduce_grads, gather_rows
 from .sae import SAE
 
@@ -151,26 +152,6 @@ class StepStats(NamedTuple):
     """Learning rate used."""
     parts: dict[str, float]
     """The SAE's named loss parts (mse, auxk, mse_w512, ...)."""
-
-
-def native_bf16(device: torch.device | str) -> bool:
-    """Whether ``device`` multiplies bf16 matrices natively (where bf16 autocast pays off).
-
-    CUDA: ``torch.cuda.is_bf16_supported()``. CPU: the ``avx512_bf16`` or ``amx_bf16`` flag in
-    /proc/cpuinfo (Linux; elsewhere False). Measured: bf16 products ~2.2x fp32 on an AVX512-BF16
-    AMD EPYC, ~4x on an AMX Xeon.
-    """
-    device = torch.device(device)
-    if device.type == "cuda":
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    if device.type != "cpu":
-        return False
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def default_dead_window(total_tokens: int) -> int:

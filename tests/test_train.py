@@ -409,7 +409,7 @@ def test_fingerprint_is_what_is_trained_in_canonical_spelling():
     ({"saes": ("topk",)}, r"ARCH:HOOK"),
     ({"saes": ("topk:resid_post.1:d_sae=0",)}, r"d_sae=0; it must be >= 1"),
     ({"lr": 0.0}, r"TrainConfig.lr=0.0"),
-    ({"dtype": "int8"}, r"RunConfig.dtype='int8'; valid: bf16, fp32, fp16"),
+    ({"dtype": "int8"}, r"RunConfig.dtype='int8'; valid: auto, bf16, fp32, fp16"),
     ({"device": "gpu0"}, r"RunConfig.device='gpu0' is not a device"),
     ({"shuffle": "yes"}, r"RunConfig.shuffle='yes'; it must be True or False"),
     ({"keep_checkpoints": 0}, r"RunConfig.keep_checkpoints=0"),
