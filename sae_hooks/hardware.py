@@ -1,8 +1,8 @@
 """What the hardware multiplies natively, and the defaults that follow from it.
 
 bf16 pays off only where the hardware multiplies bf16 natively. Measured on SmolLM2-135M to block 6
-(32 x 128 tokens, 2 threads, AMD EPYC with AVX512-BF16): a bf16 forward ran at 1.9x the tokens/s
-of fp32 with every instruction set enabled, but at 0.24x with oneDNN capped at AVX2 and 0.47x
+(32 x 128 tokens, 2 threads, AMD EPYC with AVX512-BF16): a bf16 forward ran at 1.89x the tokens/s
+of fp32 with every instruction set enabled, but at 0.27x with oneDNN capped at AVX2 and 0.50x
 capped at AVX-512 without bf16 (``ONEDNN_MAX_CPU_ISA=AVX2`` / ``AVX512_CORE``, emulating CPUs
 without it): there bf16 is converted in software, and fp32 is 2-4x faster. Hence ``"auto"``.
 

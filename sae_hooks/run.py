@@ -113,7 +113,7 @@ class RunConfig:
     """Seed of SAE init (SAE i gets seed + i), document shuffle and buffer shuffle."""
     dtype: str = "auto"
     """LM dtype (SAE math is fp32). auto = bf16 where the device multiplies bf16 natively (CUDA, AVX512-BF16/AMX
-    CPUs), else fp32: bf16 ran 1.9x fp32 to layer 6 on an AVX512-BF16 CPU, 0.24-0.47x without native bf16."""
+    CPUs), else fp32: bf16 ran 1.89x fp32 to layer 6 on an AVX512-BF16 CPU, 0.27-0.50x without native bf16."""
     backend: str = "hf"
     """Model backend: hf (transformers) or tl (TransformerLens TransformerBridge); the same hook names."""
     from_cache: str | None = None
