@@ -28,13 +28,26 @@ def _cpu_flags() -> str:
         return ""
 
 
+def cpu_native_bf16() -> bool:
+    """Whether this CPU has AVX512-BF16 or AMX: torch's own CPU detection (``torch.cpu``, any OS) where this torch
+    has it, else the flags in /proc/cpuinfo (Linux; elsewhere False)."""
+    avx512_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    if avx512_bf16 is not None and amx is not None:
+        try:
+            return bool(avx512_bf16() or amx())
+        except RuntimeError:
+            pass
+    flags = _cpu_flags()
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def native_bf16(device: torch.device | str) -> bool:
     """Whether ``device`` multiplies bf16 matrices natively (where bf16 pays off).
 
-    CUDA: ``torch.cuda.is_bf16_supported()``. CPU: the ``avx512_bf16`` or ``amx_bf16`` flag in
-    /proc/cpuinfo (Linux; elsewhere False), unless ``ONEDNN_MAX_CPU_ISA`` caps oneDNN (torch's CPU
-    bf16 products) below AVX512_CORE_BF16. Measured: bf16 products ~2.2x fp32 on an AVX512-BF16
-    AMD EPYC, ~4x on an AMX Xeon.
+    CUDA: ``torch.cuda.is_bf16_supported()``. CPU: AVX512-BF16 or AMX (``cpu_native_bf16``), unless
+    ``ONEDNN_MAX_CPU_ISA`` caps oneDNN (torch's CPU bf16 products) below AVX512_CORE_BF16. Measured: bf16
+    products ~2.2x fp32 on an AVX512-BF16 AMD EPYC, ~4x on an AMX Xeon.
     """
     device = torch.device(device)
     if device.type == "cuda":
@@ -43,8 +56,7 @@ def native_bf16(device: torch.device | str) -> bool:
         return False
     if os.environ.get(ONEDNN_ISA_ENV, "").strip().upper() in _ONEDNN_NO_BF16:
         return False
-    flags = _cpu_flags()
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return cpu_native_bf16()
 
 
 def resolve_model_dtype(dtype: str, device: torch.device | str) -> str:

@@ -25,7 +25,25 @@ def cpu(monkeypatch):
 
     def set_flags(line: str) -> None:
         monkeypatch.setattr(hardware, "_cpu_flags", lambda: line)
+        monkeypatch.setattr(hardware.torch.cpu, "_is_avx512_bf16_supported", lambda: "avx512_bf16" in line)
+        monkeypatch.setattr(hardware.torch.cpu, "_is_amx_tile_supported", lambda: "amx_tile" in line)
     return set_flags
+
+
+def test_torch_and_the_kernel_agree_on_this_cpu():
+    """Where both are available, torch's CPU detection and /proc/cpuinfo say the same of this machine's CPU."""
+    flags = hardware._cpu_flags()
+    if not flags or not hasattr(hardware.torch.cpu, "_is_avx512_bf16_supported"):
+        pytest.skip("needs Linux /proc/cpuinfo and a torch with torch.cpu._is_avx512_bf16_supported")
+    assert hardware.cpu_native_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
+
+
+def test_without_torch_detection_the_flags_decide(cpu, monkeypatch):
+    monkeypatch.delattr(hardware.torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    monkeypatch.setattr(hardware, "_cpu_flags", lambda: EPYC)
+    assert hardware.cpu_native_bf16()
+    monkeypatch.setattr(hardware, "_cpu_flags", lambda: LAPTOP)
+    assert not hardware.cpu_native_bf16()
 
 
 @pytest.mark.parametrize(("flags", "native"), [(EPYC, True), (XEON_AMX, True), (SKYLAKE, False), (LAPTOP, False),
