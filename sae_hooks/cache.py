@@ -548,6 +548,7 @@ class ActivationCache:
         self._starts = [s["first_sequence"] for s in m["shards"]]
         self._open: dict[int, Any] = {}
         self._offsets: dict[int, Tensor] = {}
+        self._order: tuple[tuple[int, int] | None, Tensor | None] = (None, None)
 
     @property
     def tokens(self) -> int:
@@ -584,7 +585,7 @@ class ActivationCache:
         if tokens is not None and tokens // ctx > self.sequences and not cycle:
             raise CacheError(f"{where}: the cache holds {self.tokens:,} tokens ({self.sequences:,} sequences of "
                              f"ctx={ctx}) but the run asks for {tokens:,}. Pass --tokens {self.tokens} or fewer, or "
-                             "--cycle to read the cache again from its start.")
+                             "--cycle to read the cache again (each later pass reshuffled when it was written with shuffling).")
 
     def _shard(self, i: int):
         if i not in self._open:
@@ -617,11 +618,14 @@ class ActivationCache:
         return {h: (p[0] if len(p) == 1 else torch.cat(p)).float() for h, p in parts.items()}
 
     def batches(self, hooks: Sequence[str], batch_size: int, *, max_sequences: int | None = None, cycle: bool = False,
-                rank: int = 0, world_size: int = 1, skip_sequences: int = 0) -> Iterator[CachedBatch]:
+                rank: int = 0, world_size: int = 1, skip_sequences: int = 0,
+                reshuffle_seed: int | None = None) -> Iterator[CachedBatch]:
         """The LM batches a live run with the same stream would feed its SAEs: ``batch_size`` sequences each,
         rank ``rank`` taking global sequences ``skip + k*world_size + rank`` (as ``data.iter_batches`` does),
         up to ``max_sequences`` in all ranks together (default: the whole cache); ``cycle`` rereads the cache
-        from its start past its end.
+        past its end. The first pass is always in cache order; with ``reshuffle_seed`` every later pass reads
+        the shards in another order and, within each shard, its LM batches in another order (a function of
+        the seed and the pass, see ``epoch_order``), as a live run reshuffles its documents per epoch.
 
             for b in shuffled(cache.batches(["resid_post.6"], 32), blocks=4, seed=0): trainer.step(b.acts)
         """
@@ -635,30 +639,59 @@ class ActivationCache:
                               f"{total:,} were asked for. Ask for fewer, or pass cycle=True (--cycle).")
         if not 0 <= rank < world_size:
             raise ValueError(f"ActivationCache.batches: rank={rank} is not in [0, world_size={world_size}).")
-        return self._batches(names, batch_size, total, rank, world_size, skip_sequences)
+        return self._batches(names, batch_size, total, rank, world_size, skip_sequences, reshuffle_seed)
 
-    def _batches(self, names, batch_size, total, rank, world_size, skip) -> Iterator[CachedBatch]:
+    def epoch_order(self, seed: int, epoch: int) -> Tensor:
+        """Cache sequence read at each position of pass ``epoch`` (0-based) when cycling with ``reshuffle_seed=seed``:
+        pass 0 is the cache's order; a later pass permutes the shards, and the LM batches (``batch_sequences``
+        each, as written) inside each shard, with a generator seeded by a hash of (seed, epoch).
+
+            cache.epoch_order(0, 1)[:4]   # e.g. tensor([3712, 3713, 3714, 3715])
+        """
+        if epoch == 0:
+            return torch.arange(self.sequences)
+        digest = hashlib.sha256(f"sae_hooks.cache.epoch:{seed}:{epoch}".encode()).digest()
+        g = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+        per_batch = int(self.manifest["batch_sequences"])
+        pieces = []
+        for i in torch.randperm(len(self._starts), generator=g).tolist():
+            first, n = self._starts[i], int(self.manifest["shards"][i]["sequences"])
+            blocks = torch.arange(first, first + n).split(per_batch)
+            pieces += [blocks[j] for j in torch.randperm(len(blocks), generator=g).tolist()]
+        return torch.cat(pieces)
+
+    def _batches(self, names, batch_size, total, rank, world_size, skip, seed) -> Iterator[CachedBatch]:
         quota = (total - skip) // world_size
         position, taken = skip, 0
         while taken < quota:
             n = min(batch_size, quota - taken)
             if world_size == 1:
-                acts = self._span(names, position, position + n)
+                acts = self._span(names, position, position + n, seed)
             else:
                 seqs = [position + k * world_size + rank for k in range(n)]
-                pieces = [self._span(names, s, s + 1) for s in seqs]
+                pieces = [self._span(names, s, s + 1, seed) for s in seqs]
                 acts = {h: torch.cat([p[h] for p in pieces]) for h in names}
             position += n * world_size
             taken += n
             yield CachedBatch(acts, int(next(iter(acts.values())).shape[0]), position, 0)
 
-    def _span(self, names, first: int, stop: int) -> dict[str, Tensor]:
-        """Rows of global stream positions first..stop-1, wrapping around the cache (cycle)."""
+    def _span(self, names, first: int, stop: int, seed: int | None) -> dict[str, Tensor]:
+        """Rows of global stream positions first..stop-1, wrapping around the cache (cycle), later passes in
+        ``epoch_order`` when a reshuffle seed is set."""
         parts: list[dict[str, Tensor]] = []
         while first < stop:
-            a = first % self.sequences
+            epoch, a = divmod(first, self.sequences)
             b = min(self.sequences, a + (stop - first))
-            parts.append(self.rows(names, a, b))
+            if epoch == 0 or seed is None:
+                parts.append(self.rows(names, a, b))
+            else:
+                if self._order[0] != (seed, epoch):
+                    self._order = ((seed, epoch), self.epoch_order(seed, epoch))
+                src = self._order[1][a:b]
+                # Runs of consecutive cache sequences (an LM batch, or part of one) are read in one slice.
+                breaks = (torch.nonzero(src[1:] != src[:-1] + 1).flatten() + 1).tolist()
+                for lo, hi in zip([0, *breaks], [*breaks, len(src)]):
+                    parts.append(self.rows(names, int(src[lo]), int(src[hi - 1]) + 1))
             first += b - a
         return parts[0] if len(parts) == 1 else {h: torch.cat([p[h] for p in parts]) for h in names}
 

@@ -575,7 +575,8 @@ class _Run:
         if self.cache is not None:  # the same LM batches, read back from disk instead of computed
             acts = self.cache.batches(hooks, cfg.batch_tokens // cfg.ctx, max_sequences=cfg.tokens // cfg.ctx,
                                       cycle=cfg.cycle, rank=dist.rank, world_size=dist.world_size,
-                                      skip_sequences=position)
+                                      skip_sequences=position,
+                                      reshuffle_seed=cfg.seed if self.cache.manifest["corpus"]["shuffle"] else None)
         else:
             batches = training_batches(cfg, adapter.tokenizer, rank=dist.rank, world_size=dist.world_size,
                                        skip_sequences=position, max_positions=adapter.max_positions)

@@ -102,6 +102,50 @@ def test_reader_shards_across_ranks_like_the_live_stream(ref_cache):
     assert torch.equal(cyc[-1].acts["resid_post.1"], cache.rows(["resid_post.1"], 0, 8)["resid_post.1"])
 
 
+def test_cycling_rereads_later_passes_reshuffled_by_shard_and_batch(ref_cache):
+    """Pass 0 is the cache's order; pass e >= 1 permutes the shards and, inside each, the LM batches as written
+    (8 sequences here), seeded by (seed, e); without a reshuffle seed every pass is the cache's order."""
+    cache, h = ActivationCache(ref_cache), "resid_post.1"
+    order = cache.epoch_order(0, 1)
+    assert torch.equal(cache.epoch_order(0, 0), torch.arange(256))
+    assert torch.equal(order.sort().values, torch.arange(256)) and not torch.equal(order, torch.arange(256))
+    assert torch.equal(order, cache.epoch_order(0, 1))  # a function of (seed, pass): resumable
+    assert not torch.equal(order, cache.epoch_order(1, 1)) and not torch.equal(order, cache.epoch_order(0, 2))
+    blocks = order.view(32, 8)  # every LM batch read whole, in its own order
+    assert torch.equal(blocks - blocks[:, :1], torch.arange(8).expand(32, 8)) and (blocks[:, 0] % 8 == 0).all()
+    starts = [s["first_sequence"] for s in cache.manifest["shards"]]
+    shard_of = [max(i for i, st in enumerate(starts) if st <= int(b)) for b in blocks[:, 0]]
+    runs = [s for i, s in enumerate(shard_of) if i == 0 or s != shard_of[i - 1]]
+    assert sorted(runs) == list(range(len(starts))) and runs != sorted(runs)  # shards whole, in another order
+
+    def rows_of(seqs):
+        return torch.cat([cache.rows([h], int(s), int(s) + 1)[h] for s in seqs])
+
+    got = torch.cat([b.acts[h] for b in cache.batches([h], 8, max_sequences=512, cycle=True, reshuffle_seed=0)])
+    first = cache.rows([h], 0, 256)[h]
+    assert torch.equal(got[:len(first)], first) and torch.equal(got[len(first):], rows_of(order))
+    plain = torch.cat([b.acts[h] for b in cache.batches([h], 8, max_sequences=512, cycle=True)])
+    assert torch.equal(plain, torch.cat([first, first]))
+    for rank in (0, 1):  # ranks stride through the reshuffled pass as through the first
+        got = torch.cat([b.acts[h] for b in cache.batches([h], 8, max_sequences=512, cycle=True, reshuffle_seed=0,
+                                                           rank=rank, world_size=2)])
+        assert torch.equal(got, rows_of([*range(rank, 256, 2), *order[rank::2].tolist()]))
+
+
+def test_a_run_cycling_a_shuffled_cache_reshuffles_with_its_seed(tiny_env, ref_cache, tmp_path, monkeypatch):
+    seen = []
+    original = ActivationCache.batches
+
+    def spy(self, *args, **kw):
+        seen.append(kw.get("reshuffle_seed"))
+        return original(self, *args, **kw)
+
+    monkeypatch.setattr(ActivationCache, "batches", spy)
+    train(tiny_config(tiny_env, tmp_path / "run", from_cache=str(ref_cache), tokens=9216, cycle=True, seed=3,
+                      eval_every=0, eval_ce_tokens=0, checkpoint_every=0))
+    assert ActivationCache(ref_cache).manifest["corpus"]["shuffle"] is True and seen == [3]
+
+
 def test_interrupted_cache_continues_to_identical_files(tiny_env, ref_cache, tmp_path):
     out = tmp_path / "cache"
 
