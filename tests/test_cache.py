@@ -283,3 +283,24 @@ def test_cli_cache_then_train_from_cache_and_resume(tiny_env, ref_cache, live_ru
         train(tiny_config(tiny_env, cut, from_cache=str(ref_cache), **RUN), on_step=crash)
     train(tiny_config(tiny_env, cut, from_cache=str(ref_cache), resume=True, **RUN))
     assert_same_weights(saved_weights(live_run), saved_weights(cut))
+
+
+def test_a_cycled_run_from_a_cache_resumes_bitwise_in_its_reshuffled_pass(tiny_env, ref_cache, tmp_path):
+    """Two passes over the cache (the second reshuffled); stopped in the second pass and resumed, the SAEs equal
+    those of the uninterrupted run: the reshuffled order is a function of the seed and the pass alone."""
+    kw = dict(from_cache=str(ref_cache), tokens=16384, cycle=True, eval_every=0, eval_ce_tokens=0, **RUN)
+    whole = tmp_path / "whole"
+    train(tiny_config(tiny_env, whole, **kw))
+
+    class Crash(Exception):
+        pass
+
+    def crash(info):
+        if info.step == 44:  # the last checkpoint before it is step 40: 320 sequences, inside the second pass
+            raise Crash
+
+    cut = tmp_path / "cut"
+    with pytest.raises(Crash):
+        train(tiny_config(tiny_env, cut, **kw), on_step=crash)
+    train(tiny_config(tiny_env, cut, resume=True, **kw))
+    assert_same_weights(saved_weights(whole), saved_weights(cut))
