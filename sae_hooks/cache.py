@@ -56,7 +56,7 @@ from torch import Tensor
 from ._io import atomic_write_bytes, atomic_write_text
 from .activations import NONFINITE_POLICIES, NonFiniteActivations
 from .data import CorpusConfig, CorpusError, iter_batches, special_token_ids
-from .hardware import resolve_model_dtype
+from .hardware import MODEL_DTYPES, resolve_model_dtype
 from .hookpoints import parse_hook
 from .models import DEFAULT_MODEL
 
@@ -66,7 +66,6 @@ FORMAT = "sae-hooks activation cache"
 VERSION = 1
 MANIFEST = "manifest.json"
 STORAGE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-MODEL_DTYPES = ("auto", "bf16", "fp32", "fp16")
 BACKENDS = ("hf", "tl")
 PROGRESS = ("auto", "on", "off")
 VERIFY = ("size", "sha256")
@@ -585,7 +584,8 @@ class ActivationCache:
         if tokens is not None and tokens // ctx > self.sequences and not cycle:
             raise CacheError(f"{where}: the cache holds {self.tokens:,} tokens ({self.sequences:,} sequences of "
                              f"ctx={ctx}) but the run asks for {tokens:,}. Pass --tokens {self.tokens} or fewer, or "
-                             "--cycle to read the cache again (each later pass reshuffled when it was written with shuffling).")
+                             "--cycle to read the cache again (each later pass reshuffled when it was written with "
+                             "shuffling).")
 
     def _shard(self, i: int):
         if i not in self._open:

@@ -15,6 +15,8 @@ import os
 
 import torch
 
+MODEL_DTYPES = ("auto", "bf16", "fp32", "fp16")
+"""The LM dtypes `sae-hooks train --dtype` and `sae-hooks cache --model-dtype` take (``resolve_model_dtype``)."""
 ONEDNN_ISA_ENV = "ONEDNN_MAX_CPU_ISA"
 # oneDNN instruction-set caps (its documented names) below which it has no native bf16 product.
 _ONEDNN_NO_BF16 = frozenset({"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI"})

@@ -42,7 +42,7 @@ from .cache import ActivationCache
 from .checkpoint import CheckpointError, load_latest, rng_state, save_checkpoint, set_rng_state
 from .data import CorpusConfig, CorpusError, TokenBatch, iter_batches
 from .distributed import DistContext, all_reduce_, init_distributed, shutdown
-from .hardware import resolve_model_dtype
+from .hardware import MODEL_DTYPES, resolve_model_dtype
 from .hookpoints import parse_hook
 from .interrupts import RunInterrupted, StopSignals
 from .live_eval import HeldOut, held_out_scores, load_held_out
@@ -55,7 +55,6 @@ from .trainer import AUTOCASTS, DECAYS, StepStats, Target, TrainConfig, Trainer
 __all__ = ["RunConfig", "RunInterrupted", "RunResult", "SAEResult", "StepInfo", "held_out_corpus", "train",
            "training_batches"]
 
-DTYPES = ("auto", "bf16", "fp32", "fp16")
 BACKENDS = ("hf", "tl")
 PROGRESS = ("auto", "on", "off")
 
@@ -153,7 +152,7 @@ class RunConfig:
     """W&B project."""
 
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
-        "decay": DECAYS, "nonfinite": NONFINITE_POLICIES, "dtype": DTYPES, "autocast": AUTOCASTS, "progress": PROGRESS,
+        "decay": DECAYS, "nonfinite": NONFINITE_POLICIES, "dtype": MODEL_DTYPES, "autocast": AUTOCASTS, "progress": PROGRESS,
         "backend": BACKENDS}
     # How a run executes and reports, not what it trains (device and sequential change float rounding only).
     NOT_FINGERPRINTED: ClassVar[tuple[str, ...]] = (

@@ -49,8 +49,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ._threads import thread_pool
-from .hardware import native_bf16
 from .distributed import DistContext, all_reduce_, all_reduce_grads, gather_rows
+from .hardware import native_bf16
 from .sae import SAE
 
 __all__ = ["TrainConfig", "Target", "StepStats", "Trainer", "lr_factor", "default_dead_window", "held_out_metrics",
